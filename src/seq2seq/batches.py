@@ -1,0 +1,105 @@
+"""Id sequences -> padded batches for training, with the teacher-forcing shift.
+
+Batches group sentences of similar length (length bucketing), so little of each batch is
+padding, and pad to a few fixed lengths, so the backend compiles few shapes. Nothing of
+the size dataset × timesteps × vocabulary is ever made: one-hot vectors, where used, are
+made per batch inside the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from .model import DECODER_INPUT_IDS, SOURCE_IDS
+from .vocab import END_ID, PAD_ID, START_ID
+
+
+def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The decoder's input and expected output for one target sentence.
+
+    At step t the decoder reads the true token t-1 and must produce token t:
+        input:  <start> we like kiwis .
+        output: we like kiwis . <end>
+    """
+    return [START_ID, *target_ids], [*target_ids, END_ID]
+
+
+def padded_length(length: int) -> int:
+    """Round a length up to one of a few sizes: multiples of 8 up to 64, of 16 up to
+    128, then of 32. Batches of similar lengths then share a compiled shape."""
+    step = 8 if length <= 64 else 16 if length <= 128 else 32
+    return max(step, math.ceil(length / step) * step)
+
+
+def pad(sequences: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
+    """(B, length) int32 array of the sequences, right-padded with <pad>."""
+    length = length or padded_length(max(len(s) for s in sequences))
+    out = np.full((len(sequences), length), PAD_ID, dtype="int32")
+    for row, sequence in enumerate(sequences):
+        out[row, : len(sequence)] = sequence
+    return out
+
+
+class PairBatches(keras.utils.PyDataset):
+    """Batches of ({source ids, decoder input ids}, decoder target ids) for `fit`.
+
+    Each epoch the pairs are shuffled, sorted by length within large pools (so batches
+    hold similar lengths), cut into batches, and the batches shuffled.
+    """
+
+    POOL_BATCHES = 50
+
+    def __init__(
+        self,
+        sources: Sequence[Sequence[int]],
+        targets: Sequence[Sequence[int]],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if len(sources) != len(targets):
+            raise ValueError("sources and targets must have the same length")
+        if not sources:
+            raise ValueError("no pairs to make batches from")
+        self.sources = list(sources)
+        self.decoder_inputs, self.decoder_targets = zip(*(teacher_forcing(t) for t in targets), strict=True)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.batches = self._make_batches()
+
+    def _make_batches(self) -> list[np.ndarray]:
+        order = self.rng.permutation(len(self.sources)) if self.shuffle else np.arange(len(self.sources))
+        pool_size = self.batch_size * self.POOL_BATCHES
+        batches = []
+        for start in range(0, len(order), pool_size):
+            pool = order[start : start + pool_size]
+            pool = pool[np.argsort([len(self.decoder_targets[i]) for i in pool], kind="stable")]
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.shuffle:
+            self.rng.shuffle(batches)
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        rows = self.batches[index]
+        source = pad([self.sources[i] for i in rows])
+        decoder_input = pad([self.decoder_inputs[i] for i in rows])
+        decoder_target = pad([self.decoder_targets[i] for i in rows], length=decoder_input.shape[1])
+        return {SOURCE_IDS: source, DECODER_INPUT_IDS: decoder_input}, decoder_target
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.batches = self._make_batches()
+
+    def real_tokens(self) -> int:
+        """Number of non-padding target tokens in one epoch (for throughput)."""
+        return sum(len(t) for t in self.decoder_targets)

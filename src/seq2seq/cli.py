@@ -1,0 +1,201 @@
+"""The `seq2seq` command: train, translate, evaluate, data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
+
+# Help for every training setting; the options are made from Config's fields, so a new
+# setting needs a line here and nothing else.
+TRAIN_HELP = {
+    "data": "pair file (source<TAB>target per line) or builtin:NAME "
+    f"({', '.join(BUILTIN_PREFIX + n for n in BUILTIN_CORPORA)})",
+    "num_samples": "use this many pairs (random sample by --seed; see --first)",
+    "first": "with --num-samples, take the first pairs instead of a random sample",
+    "reverse": "swap source and target (e.g. Spanish->English from an English<TAB>Spanish file)",
+    "strict": "stop at the first malformed line instead of skipping it",
+    "dev_fraction": "share of source sentences held out for validation",
+    "test_fraction": "share of source sentences held out for testing",
+    "level": "tokens: characters or words (words and punctuation)",
+    "lowercase": "lower-case text before word tokenization",
+    "max_vocab": "largest vocabulary per side, special tokens included",
+    "min_freq": "drop tokens seen fewer times in training (they become <unk>)",
+    "input": "tokens as one-hot vectors (the textbook) or a learned embedding",
+    "embedding_dim": "embedding size, with --input embedding",
+    "latent_dim": "size of the LSTM states h and c",
+    "epochs": "passes over the training data",
+    "batch_size": "pairs per training step",
+    "learning_rate": "Adam learning rate",
+    "seed": "seed for sampling, splitting, initialisation and shuffling",
+    "max_length": "longest output generated, in tokens (default: from the training data)",
+}
+INTERNAL_FIELDS = {"versions"}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per Config field: --latent-dim for latent_dim, flags for booleans."""
+    hints = typing.get_type_hints(Config)
+    for spec in dataclasses.fields(Config):
+        if spec.name in INTERNAL_FIELDS:
+            continue
+        option = "--" + spec.name.replace("_", "-")
+        kind = _base_type(hints[spec.name])
+        if kind is bool:
+            parser.add_argument(option, action="store_true", default=None, help=TRAIN_HELP[spec.name])
+        else:
+            default = f" (default: {spec.default})" if spec.default is not None else ""
+            parser.add_argument(option, type=kind, default=None, help=TRAIN_HELP[spec.name] + default)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    names = {f.name for f in dataclasses.fields(Config)} - INTERNAL_FIELDS
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return Config(**given)
+
+
+def _base_type(hint) -> type:
+    """int for `int | None`, and so on."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model on a file of pairs")
+    train.add_argument("--model-dir", required=True, type=Path, help="directory to write the model into")
+    train.add_argument("--overwrite", action="store_true", help="replace a model already in --model-dir")
+    train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    add_config_options(train)
+
+    translate = commands.add_parser("translate", help="generate output for input texts (arguments or stdin)")
+    translate.add_argument("--model-dir", required=True, type=Path)
+    translate.add_argument("text", nargs="*", help="input texts; without them, one per line from stdin")
+    add_decoding_options(translate)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on its held-out test split or a pair file")
+    evaluate.add_argument("--model-dir", required=True, type=Path)
+    evaluate.add_argument("--data", help="pair file to score on (default: the test split saved at training)")
+    evaluate.add_argument("--output", type=Path, help="write the scores as JSON here (default: DIR/evaluation.json)")
+    evaluate.add_argument("--examples", type=int, default=5, help="print this many examples (default: 5)")
+    add_decoding_options(evaluate)
+
+    data = commands.add_parser("data", help="write a built-in corpus (or a sample of a pair file) as TSV")
+    data.add_argument("spec", help="builtin:NAME or a pair file")
+    data.add_argument("--num-samples", type=int)
+    data.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-length", type=int, help="longest output in tokens (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="inputs decoded at once (default: 64)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as error:
+        print(f"seq2seq: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    config = config_from_args(args)
+    verbose = 2 if args.quiet or not sys.stdout.isatty() else 1
+    system = train(config, args.model_dir, overwrite=args.overwrite, verbose=verbose)
+    print(f"model saved in {args.model_dir} ({system.model.count_params():,} parameters)")
+    return 0
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    from .api import Seq2Seq
+
+    system = Seq2Seq.load(args.model_dir)
+
+    def translate(texts: list[str]) -> list[str]:
+        return system.translate(texts, max_length=args.max_length, batch_size=args.batch_size)
+
+    if args.text:
+        lines: Iterable[str] = args.text
+    elif sys.stdin.isatty():
+        return _interactive(translate)
+    else:
+        lines = (line.rstrip("\r\n") for line in sys.stdin)
+    for chunk in _chunks(lines, 1024):
+        for output in translate(chunk):
+            print(output, flush=True)
+    return 0
+
+
+def _interactive(translate) -> int:
+    print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        print(translate([line])[0])
+
+
+def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .api import SPLIT_DIR, Seq2Seq
+    from .data import read_pairs
+    from .evaluation import score
+
+    system = Seq2Seq.load(args.model_dir)
+    path = Path(args.data) if args.data else args.model_dir / SPLIT_DIR / "test.tsv"
+    pairs = read_pairs(path)
+    hypotheses = system.translate([p.source for p in pairs], max_length=args.max_length, batch_size=args.batch_size)
+    references = [p.target for p in pairs]
+    scores = score(hypotheses, references)
+    for pair, hypothesis in list(zip(pairs, hypotheses, strict=True))[: args.examples]:
+        mark = "=" if hypothesis == pair.target else "≠"
+        print(f"{pair.source}\n  {mark} {hypothesis}\n    (reference: {pair.target})")
+    print(f"\nscores on {path}:")
+    print(scores.table())
+    output = args.output or args.model_dir / "evaluation.json"
+    scores.save(output)
+    print(f"written to {output}")
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .data import load_pairs
+
+    for pair in load_pairs(args.spec, num_samples=args.num_samples, seed=args.seed):
+        print(f"{pair.source}\t{pair.target}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "translate": run_translate, "evaluate": run_evaluate, "data": run_data}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""One dataclass of settings, validated on creation and saved beside the model as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LEVELS = ("char", "word")
+INPUTS = ("onehot", "embedding")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the toolkit cannot use."""
+
+
+@dataclass
+class Config:
+    """Everything that decides what a model is and how it was trained.
+
+    The data knobs (`num_samples`, `first`, `reverse`, split fractions) decide which pairs
+    are used; the token knobs decide the vocabularies; the model knobs decide the network;
+    the training knobs decide the optimisation. The textbook's four knobs for improving
+    results are `num_samples`, `latent_dim`, `epochs` and `batch_size`.
+    """
+
+    # data
+    data: str = "builtin:numbers-en-es"
+    num_samples: int | None = None
+    first: bool = False
+    reverse: bool = False
+    strict: bool = False
+    dev_fraction: float = 0.05
+    test_fraction: float = 0.05
+    # tokens
+    level: str = "char"
+    lowercase: bool = False
+    max_vocab: int | None = None
+    min_freq: int = 1
+    # model
+    input: str = "onehot"
+    embedding_dim: int = 128
+    latent_dim: int = 256
+    # training
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    # decoding
+    max_length: int | None = None
+    # written by the toolkit, not by users
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("level", self.level, LEVELS)
+        _choice("input", self.input, INPUTS)
+        _positive("latent_dim", self.latent_dim)
+        _positive("embedding_dim", self.embedding_dim)
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        _positive("min_freq", self.min_freq)
+        if self.num_samples is not None:
+            _positive("num_samples", self.num_samples)
+        if self.max_vocab is not None and self.max_vocab < 5:
+            raise ConfigError(f"max_vocab must be at least 5 (4 special tokens + 1), got {self.max_vocab}")
+        if self.max_length is not None:
+            _positive("max_length", self.max_length)
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        for name in ("dev_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 0.5:
+                raise ConfigError(f"{name} must be in [0, 0.5), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from error
+        try:
+            return cls.from_dict(values)
+        except (ConfigError, TypeError) as error:
+            raise ConfigError(f"{path}: {error}") from error
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,53 @@
+"""The training loss and metric: per real target token, <pad> positions left out."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from .vocab import PAD_ID
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class MaskedCrossEntropy(keras.losses.Loss):
+    """Mean cross-entropy over the non-<pad> targets of a batch.
+
+    y_true: target ids (B, T); logits: (B, T, V). Equal to Keras's
+    `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`.
+    """
+
+    def __init__(self, name: str = "masked_cross_entropy", **kwargs) -> None:
+        kwargs.setdefault("reduction", "sum")
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, logits):
+        y_true = ops.cast(y_true, "int32")
+        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
+        real = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
+        # Each token's share of the batch mean; the "sum" reduction adds the shares up.
+        return nll * real / ops.maximum(ops.sum(real), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class MaskedAccuracy(keras.metrics.Metric):
+    """Share of non-<pad> target tokens whose most probable prediction is right."""
+
+    def __init__(self, name: str = "accuracy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, logits, sample_weight=None) -> None:
+        y_true = ops.cast(y_true, "int32")
+        real = ops.not_equal(y_true, PAD_ID)
+        hit = ops.logical_and(real, ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), y_true))
+        self.correct.assign_add(ops.sum(ops.cast(hit, self.dtype)))
+        self.total.assign_add(ops.sum(ops.cast(real, self.dtype)))
+
+    def result(self):
+        return self.correct / ops.maximum(self.total, 1.0)
+
+    def reset_state(self) -> None:
+        self.correct.assign(0.0)
+        self.total.assign(0.0)

@@ -1,0 +1,177 @@
+"""Text -> tokens -> ids and back: tokenizers, vocabularies with special tokens, codecs.
+
+Every vocabulary starts with the same four special tokens, so their ids are fixed:
+
+    <pad>=0  fills sequences up to the length of the longest in a batch (masked out)
+    <start>=1  the decoder's first input
+    <end>=2  the decoder's last output: generation stops when it is produced
+    <unk>=3  stands for any token not in the vocabulary (never a KeyError)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIALS = (PAD, START, END, UNK)
+PAD_ID, START_ID, END_ID, UNK_ID = range(4)
+
+
+class Tokenizer(Protocol):
+    """Splits text into tokens and joins tokens back into text."""
+
+    def tokenize(self, text: str) -> list[str]: ...
+
+    def detokenize(self, tokens: Sequence[str]) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class CharTokenizer:
+    """Every character is a token, spaces included: `detokenize` is exactly `"".join`."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return list(text)
+
+    def detokenize(self, tokens: Sequence[str]) -> str:
+        return "".join(tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "char"}
+
+
+class WordTokenizer:
+    """Words (with inner hyphens and apostrophes: "don't", "twenty-one") and single
+    punctuation marks are tokens: "¿Qué hora es?" -> ["¿", "Qué", "hora", "es", "?"].
+
+    `detokenize` puts the spaces back by rule: none before closing punctuation, none after
+    opening punctuation. It inverts `tokenize` on ordinary sentences.
+    """
+
+    _TOKEN = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
+    _NO_SPACE_BEFORE = set(".,!?;:%)]}»”…")
+    _NO_SPACE_AFTER = set("¿¡([{«“$")
+
+    def __init__(self, lowercase: bool = False) -> None:
+        self.lowercase = lowercase
+
+    def tokenize(self, text: str) -> list[str]:
+        if self.lowercase:
+            text = text.lower()
+        return self._TOKEN.findall(text)
+
+    def detokenize(self, tokens: Sequence[str]) -> str:
+        out: list[str] = []
+        glue_next = True
+        open_quote = False
+        for token in tokens:
+            if token == '"':  # straight quotes alternate between opening and closing
+                open_quote = not open_quote
+                glue = not open_quote
+                after = open_quote
+            else:
+                glue = token in self._NO_SPACE_BEFORE
+                after = token in self._NO_SPACE_AFTER
+            if out and not (glue or glue_next):
+                out.append(" ")
+            out.append(token)
+            glue_next = after
+        return "".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "word", "lowercase": self.lowercase}
+
+
+def make_tokenizer(kind: str, lowercase: bool = False) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer()
+    if kind == "word":
+        return WordTokenizer(lowercase=lowercase)
+    raise ValueError(f"unknown tokenizer level {kind!r}; expected char or word")
+
+
+def tokenizer_from_dict(settings: dict[str, Any]) -> Tokenizer:
+    settings = dict(settings)
+    return make_tokenizer(settings.pop("kind"), **settings)
+
+
+class Vocabulary:
+    """A list of tokens; a token's id is its position. The specials come first."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with {SPECIALS}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("a vocabulary must not repeat a token")
+        self.tokens = list(tokens)
+        self._ids = {token: i for i, token in enumerate(self.tokens)}
+
+    @classmethod
+    def build(cls, sequences: Iterable[Sequence[str]], max_size: int | None = None, min_freq: int = 1) -> Vocabulary:
+        """The most frequent tokens (ties broken alphabetically, so builds are reproducible),
+        at least `min_freq` times seen, at most `max_size` tokens counting the specials."""
+        counts = Counter(token for sequence in sequences for token in sequence)
+        for special in SPECIALS:
+            counts.pop(special, None)
+        ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            ranked = ranked[: max(max_size - len(SPECIALS), 0)]
+        return cls([*SPECIALS, *ranked])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self._ids
+
+    def encode(self, tokens: Iterable[str]) -> list[int]:
+        """Ids of the tokens; tokens not in the vocabulary become <unk>."""
+        return [self._ids.get(token, UNK_ID) for token in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens of the ids up to the first <end>, without <pad> and <start>."""
+        tokens = []
+        for i in ids:
+            i = int(i)
+            if i == END_ID:
+                break
+            if i in (PAD_ID, START_ID):
+                continue
+            tokens.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
+        return tokens
+
+
+class Codec:
+    """A tokenizer and a vocabulary together: text <-> ids, one side of a model."""
+
+    def __init__(self, tokenizer: Tokenizer, vocabulary: Vocabulary) -> None:
+        self.tokenizer = tokenizer
+        self.vocabulary = vocabulary
+
+    @classmethod
+    def fit(cls, tokenizer: Tokenizer, texts: Iterable[str], max_size: int | None = None, min_freq: int = 1) -> Codec:
+        sequences = (tokenizer.tokenize(text) for text in texts)
+        return cls(tokenizer, Vocabulary.build(sequences, max_size=max_size, min_freq=min_freq))
+
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocabulary.encode(self.tokenizer.tokenize(text))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.detokenize(self.vocabulary.decode(ids))
+
+    def save(self, path: str | Path) -> None:
+        document = {"tokenizer": self.tokenizer.to_dict(), "tokens": self.vocabulary.tokens}
+        Path(path).write_text(json.dumps(document, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Codec:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(tokenizer_from_dict(document["tokenizer"]), Vocabulary(document["tokens"]))
