@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+
+from seq2seq.batches import PairBatches, pad, padded_length, teacher_forcing
+from seq2seq.model import DECODER_INPUT_IDS, SOURCE_IDS
+from seq2seq.vocab import END_ID, PAD_ID, START_ID
+
+
+def test_teacher_forcing_shift():
+    we, like, kiwis, dot = 7, 8, 9, 10
+    decoder_input, decoder_target = teacher_forcing([we, like, kiwis, dot])
+    assert decoder_input == [START_ID, we, like, kiwis, dot]  # <start> we like kiwis .
+    assert decoder_target == [we, like, kiwis, dot, END_ID]  # we like kiwis . <end>
+    # at every step t the decoder reads the true token t-1
+    assert decoder_input[1:] == decoder_target[:-1]
+
+
+def test_padded_lengths_are_few_and_cover():
+    assert [padded_length(n) for n in (1, 8, 9, 64, 65, 129)] == [8, 8, 16, 64, 80, 160]
+    assert all(padded_length(n) >= n for n in range(1, 500))
+    assert len({padded_length(n) for n in range(1, 300)}) < 25
+
+
+def test_pad_right_pads_with_pad_id():
+    out = pad([[5, 6, 7], [8]])
+    assert out.dtype == np.int32 and out.shape == (2, 8)
+    assert out[0, :3].tolist() == [5, 6, 7] and out[1, 0] == 8
+    assert (out[0, 3:] == PAD_ID).all() and (out[1, 1:] == PAD_ID).all()
+
+
+def test_batches_cover_every_pair_once_and_group_lengths():
+    rng = np.random.default_rng(0)
+    targets = [list(rng.integers(4, 20, size=n)) for n in rng.integers(1, 40, size=500)]
+    sources = [[4 + i % 10] for i in range(500)]
+    batches = PairBatches(sources, targets, batch_size=32, seed=1)
+    seen = sorted(i for rows in batches.batches for i in rows)
+    assert seen == list(range(500))
+    inputs, expected = batches[0]
+    assert inputs[SOURCE_IDS].shape[0] == inputs[DECODER_INPUT_IDS].shape[0] == expected.shape[0]
+    assert inputs[DECODER_INPUT_IDS].shape == expected.shape
+    # padding is a small part of each batch, thanks to length bucketing
+    real = sum(batches.real_tokens() for _ in [0])
+    padded = sum(batches[i][1].size for i in range(len(batches)))
+    assert real / padded > 0.6
+    assert batches.real_tokens() == sum(len(t) + 1 for t in targets)
+
+
+def test_batches_reshuffle_each_epoch():
+    targets = [[5] * (i % 7 + 1) for i in range(300)]
+    batches = PairBatches([[5]] * 300, targets, batch_size=16, seed=0)
+    first = [list(b) for b in batches.batches]
+    batches.on_epoch_end()
+    assert [list(b) for b in batches.batches] != first

@@ -1,0 +1,65 @@
+"""A small model trained for real: it must learn, save, load and decode consistently."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seq2seq import Config, Seq2Seq
+from seq2seq.api import HISTORY_FILE
+from seq2seq.data import Split
+from seq2seq.decoding import stepwise_greedy
+from seq2seq.training import ModelDirExistsError, train
+
+from .conftest import REVERSE_SETTINGS
+
+
+def test_learns_to_reverse_held_out_strings(reverse_model, reverse_model_dir):
+    test = Split.load(reverse_model_dir / "split").test
+    train_sources = {p.source for p in Split.load(reverse_model_dir / "split").train}
+    assert test and not any(p.source in train_sources for p in test)
+    outputs = reverse_model.translate([p.source for p in test])
+    exact = np.mean([out == p.target for out, p in zip(outputs, test, strict=True)])
+    assert exact >= 0.95, f"exact match {exact:.2%} on {len(test)} held-out strings"
+
+
+def test_model_dir_contents(reverse_model_dir):
+    names = {p.name for p in reverse_model_dir.iterdir()}
+    assert {"config.json", "source_vocab.json", "target_vocab.json", "model.keras", "split", HISTORY_FILE} <= names
+    config = json.loads((reverse_model_dir / "config.json").read_text())
+    assert config["versions"]["backend"] == "jax" and "keras" in config["versions"]
+    history = (reverse_model_dir / HISTORY_FILE).read_text().splitlines()
+    assert history[0].split(",")[:1] == ["epoch"] and "val_loss" in history[0]
+    assert len(history) == 1 + REVERSE_SETTINGS["epochs"]
+
+
+def test_save_then_load_gives_identical_outputs(reverse_model, reverse_model_dir, tmp_path):
+    inputs = ["abc", "hgfedcba", "a", "", "zzz"]  # includes unknown characters and an empty input
+    reverse_model.save(tmp_path / "copy")
+    (tmp_path / "copy" / "split").mkdir()
+    again = Seq2Seq.load(tmp_path / "copy")
+    assert again.translate(inputs) == reverse_model.translate(inputs)
+    ids = reverse_model.encode(["abcdef"])
+    a = reverse_model.model.predict_on_batch([np.array(ids, "int32"), np.array([[1, 5, 6]], "int32")])
+    b = again.model.predict_on_batch([np.array(ids, "int32"), np.array([[1, 5, 6]], "int32")])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batched_compiled_greedy_equals_textbook_loop(reverse_model, reverse_model_dir):
+    sources = [p.source for p in Split.load(reverse_model_dir / "split").test][:40] + ["hhhhhhhh", "abcxyz"]
+    source_ids = reverse_model.encode(sources)
+    batched = reverse_model.generate(source_ids, batch_size=16)
+    for ids, out in zip(source_ids, batched, strict=True):
+        assert out == stepwise_greedy(reverse_model.parts, ids, reverse_model.max_length)
+
+
+def test_generation_stops_at_max_length(reverse_model):
+    outputs = reverse_model.generate(reverse_model.encode(["abcdefgh"]), max_length=3)
+    assert len(outputs[0]) == 3
+
+
+def test_refuses_to_overwrite_a_model(reverse_model_dir):
+    with pytest.raises(ModelDirExistsError, match="--overwrite"):
+        train(Config(**REVERSE_SETTINGS), reverse_model_dir, verbose=0)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from seq2seq.vocab import (
+    END_ID,
+    PAD_ID,
+    SPECIALS,
+    START_ID,
+    UNK_ID,
+    CharTokenizer,
+    Codec,
+    Vocabulary,
+    WordTokenizer,
+)
+
+SENTENCES = [
+    "Go.",
+    "¿Qué hora es?",
+    "I don't know, Tom.",
+    'She said: "we like kiwis!"',
+    "¡Hola, mundo!",
+    "It costs $5 (more or less).",
+    "twenty-one thousand, three hundred and five",
+]
+
+
+@pytest.mark.parametrize("sentence", SENTENCES)
+def test_char_round_trip(sentence):
+    tokenizer = CharTokenizer()
+    assert tokenizer.tokenize(sentence) == list(sentence)
+    assert tokenizer.detokenize(tokenizer.tokenize(sentence)) == sentence
+
+
+@pytest.mark.parametrize("sentence", SENTENCES)
+def test_word_round_trip(sentence):
+    tokenizer = WordTokenizer()
+    assert tokenizer.detokenize(tokenizer.tokenize(sentence)) == sentence
+
+
+def test_word_tokens_split_punctuation_and_keep_inner_marks():
+    assert WordTokenizer().tokenize("¿Qué hora es?") == ["¿", "Qué", "hora", "es", "?"]
+    assert WordTokenizer().tokenize("I don't, twenty-one.") == ["I", "don't", ",", "twenty-one", "."]
+    assert WordTokenizer(lowercase=True).tokenize("Tom IS here") == ["tom", "is", "here"]
+
+
+def test_vocabulary_specials_frequency_and_limits():
+    sequences = [list("aaabbc"), list("ab")]
+    vocab = Vocabulary.build(sequences)
+    assert vocab.tokens[:4] == list(SPECIALS)
+    assert (PAD_ID, START_ID, END_ID, UNK_ID) == (0, 1, 2, 3)
+    assert vocab.tokens[4:] == ["a", "b", "c"]  # by frequency
+    assert Vocabulary.build(sequences, max_size=5).tokens[4:] == ["a"]
+    assert Vocabulary.build(sequences, min_freq=2).tokens[4:] == ["a", "b"]
+
+
+def test_unknown_tokens_become_unk_never_keyerror():
+    vocab = Vocabulary.build([["hola", "mundo"]])
+    assert vocab.encode(["hola", "adiós"]) == [vocab.encode(["hola"])[0], UNK_ID]
+    assert vocab.decode([vocab.encode(["hola"])[0], UNK_ID]) == ["hola", "<unk>"]
+    assert vocab.decode([999]) == ["<unk>"]
+
+
+def test_decode_stops_at_end_and_drops_pad_and_start():
+    vocab = Vocabulary.build([["a", "b"]])
+    a, b = vocab.encode(["a", "b"])
+    assert vocab.decode([START_ID, a, PAD_ID, b, END_ID, a]) == ["a", "b"]
+
+
+def test_vocabulary_rejects_bad_token_lists():
+    with pytest.raises(ValueError, match="start with"):
+        Vocabulary(["a", "b"])
+    with pytest.raises(ValueError, match="repeat"):
+        Vocabulary([*SPECIALS, "a", "a"])
+
+
+def test_codec_round_trip_through_json(tmp_path):
+    codec = Codec.fit(WordTokenizer(lowercase=True), ["Hola, mundo.", "Adiós, mundo."])
+    codec.save(tmp_path / "v.json")
+    loaded = Codec.load(tmp_path / "v.json")
+    assert loaded.vocabulary.tokens == codec.vocabulary.tokens
+    assert loaded.tokenizer.to_dict() == {"kind": "word", "lowercase": True}
+    ids = loaded.encode("Hola, mundo cruel.")
+    assert ids[-2] == UNK_ID
+    assert loaded.decode([*ids, END_ID]) == "hola, mundo <unk>."
