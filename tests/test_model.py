@@ -6,8 +6,9 @@ import pytest
 from keras import ops
 
 from seq2seq.config import Config
+from seq2seq.layers import OneHot
 from seq2seq.losses import MaskedAccuracy, MaskedCrossEntropy
-from seq2seq.model import ENCODER_LSTM, OneHot, build_model, inference_parts
+from seq2seq.model import ENCODER_LSTM, build_model, inference_parts
 from seq2seq.vocab import PAD_ID
 
 

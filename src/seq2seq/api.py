@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from . import backend
 from .batches import pad
 from .config import Config
 from .data import normalize
@@ -72,7 +73,8 @@ class Seq2Seq:
         self.config.save(model_dir / CONFIG_FILE)
         self.source.save(model_dir / SOURCE_VOCAB_FILE)
         self.target.save(model_dir / TARGET_VOCAB_FILE)
-        self.model.save(model_dir / MODEL_FILE)
+        with backend.tensorflow_not_imported():
+            self.model.save(model_dir / MODEL_FILE)
 
     @property
     def max_length(self) -> int:

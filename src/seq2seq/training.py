@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 
+from . import backend
 from .api import HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
 from .config import Config
@@ -85,7 +86,8 @@ def train(config: Config, model_dir: str | Path, overwrite: bool = False, verbos
     """
     model_dir = Path(model_dir)
     check_model_dir(model_dir, overwrite)
-    keras.utils.set_random_seed(config.seed)
+    with backend.tensorflow_not_imported():
+        keras.utils.set_random_seed(config.seed)
 
     split = prepare_data(config)
     source, target = fit_codecs(config, split.train)
@@ -116,9 +118,10 @@ def train(config: Config, model_dir: str | Path, overwrite: bool = False, verbos
         keras.callbacks.ModelCheckpoint(str(model_dir / MODEL_FILE)),
     ]
     try:
-        model.fit(
-            train_batches, validation_data=dev_batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose
-        )
+        with backend.tensorflow_not_imported():
+            model.fit(
+                train_batches, validation_data=dev_batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose
+            )
     except KeyboardInterrupt:
         _log(f"\ninterrupted: {model_dir / MODEL_FILE} holds the last finished epoch")
         raise

@@ -1,0 +1,119 @@
+"""The LSTM, split into the part that can run over all timesteps at once and the part that cannot.
+
+A Keras `LSTM(H)` computes, at every timestep t, for input vector x_t (size D):
+
+    z_t = x_t @ W + h_{t-1} @ U + b          W: (D, 4H)  U: (H, 4H)  b: (4H,)
+    i, f, g, o = split(z_t, 4)               (Keras's gate order)
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(c_t)
+
+x_t @ W does not depend on the previous step, so it is computed for every timestep before
+the loop: one large matrix product, or, when x_t is a one-hot vector, a row lookup, since
+one_hot(id) @ W == W[id]. The recurrent loop (`keras.layers.RNN` over
+`ProjectedLSTMCell`) then only does h @ U. With the same weights, the result equals
+`keras.layers.LSTM` on one-hot vectors (tests/test_layers.py proves it).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from .vocab import PAD_ID
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class OneHot(layers.Layer):
+    """Token ids (B, T) -> one-hot vectors (B, T, depth): the textbook's input, kept as the
+    reference form (the model uses the equivalent `TokenProjection`) and for pictures."""
+
+    def __init__(self, depth: int, mask_padding: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.depth = depth
+        self.mask_padding = mask_padding
+
+    def call(self, ids):
+        return ops.one_hot(ids, self.depth, dtype=self.compute_dtype)
+
+    def compute_mask(self, ids, mask=None):
+        return ops.not_equal(ids, PAD_ID) if self.mask_padding else None
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.depth)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "depth": self.depth, "mask_padding": self.mask_padding}
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class TokenProjection(layers.Layer):
+    """one_hot(ids) @ kernel, computed as the row lookup kernel[ids].
+
+    ids (B, T) -> (B, T, units). With `mask_padding`, <pad> positions are masked for the
+    layers that follow (so an encoder's final state is the state after the last real token).
+    """
+
+    def __init__(self, vocab_size: int, units: int, mask_padding: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.units = units
+        self.mask_padding = mask_padding
+
+    def build(self, input_shape) -> None:
+        # Initialised as Keras initialises an LSTM's input kernel.
+        self.kernel = self.add_weight(shape=(self.vocab_size, self.units), initializer="glorot_uniform", name="kernel")
+
+    def call(self, ids):
+        return ops.take(self.kernel, ops.cast(ids, "int32"), axis=0)
+
+    def compute_mask(self, ids, mask=None):
+        return ops.not_equal(ids, PAD_ID) if self.mask_padding else None
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.units)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "units": self.units,
+            "mask_padding": self.mask_padding,
+        }
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class ProjectedLSTMCell(layers.Layer):
+    """One LSTM step whose input was projected beforehand.
+
+    inputs: x_t @ W, (B, 4H); states: [h, c], each (B, H) -> h_t (B, H), [h_t, c_t].
+    Holds U and b, initialised as Keras's LSTMCell initialises them (orthogonal U, forget
+    gate bias 1).
+    """
+
+    def __init__(self, units: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = [units, units]
+        self.output_size = units
+
+    def build(self, input_shape) -> None:
+        units = self.units
+        self.recurrent_kernel = self.add_weight(
+            shape=(units, 4 * units), initializer="orthogonal", name="recurrent_kernel"
+        )
+
+        def bias_initializer(shape, dtype=None):
+            return ops.concatenate([ops.zeros((units,)), ops.ones((units,)), ops.zeros((2 * units,))])
+
+        self.bias = self.add_weight(shape=(4 * units,), initializer=bias_initializer, name="bias")
+
+    def call(self, inputs, states, training=False):
+        h, c = states
+        z = inputs + ops.matmul(h, self.recurrent_kernel) + self.bias
+        i, f, g, o = ops.split(z, 4, axis=-1)
+        c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+        h = ops.sigmoid(o) * ops.tanh(c)
+        return h, [h, c]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}
