@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -8,8 +10,97 @@ from keras import ops
 from seq2seq.config import Config
 from seq2seq.layers import OneHot
 from seq2seq.losses import MaskedAccuracy, MaskedCrossEntropy
-from seq2seq.model import ENCODER_LSTM, build_model, inference_parts
+from seq2seq.model import build_model, inference_parts
 from seq2seq.vocab import PAD_ID
+
+SOURCE_VOCAB, TARGET_VOCAB = 20, 15
+
+# every kind of model: attention, depth, direction, input, tying
+VARIANTS = [
+    dict(attention="none", layers=1, bidirectional=False, input="onehot"),  # the textbook
+    dict(attention="none", layers=2, bidirectional=True, input="embedding"),
+    dict(attention="luong", layers=1, bidirectional=False, input="onehot"),
+    dict(attention="luong", layers=2, bidirectional=True, input="embedding", tie_embeddings=True),
+    dict(attention="luong-dot", layers=1, bidirectional=True, input="embedding"),
+    dict(attention="bahdanau", layers=2, bidirectional=True, input="embedding", dropout=0.2),
+]
+
+
+def _config(**settings) -> Config:
+    return Config(latent_dim=16, embedding_dim=8, **settings)
+
+
+def _ids(seed=0):
+    rng = np.random.default_rng(seed)
+    source = rng.integers(4, SOURCE_VOCAB, (3, 7)).astype("int32")
+    source[0, 4:] = PAD_ID
+    source[2, 6:] = PAD_ID
+    target = rng.integers(4, TARGET_VOCAB, (3, 5)).astype("int32")
+    return source, target
+
+
+def _teacher_forced_by_steps(parts, source, target):
+    context, state = parts.split(parts.encoder(source))
+    logits = []
+    for t in range(target.shape[1]):
+        step_logits, attention, *state = parts.step([ops.convert_to_tensor(target[:, t : t + 1]), *context, *state])
+        logits.append(ops.convert_to_numpy(step_logits))
+    return np.stack(logits, axis=1), ops.convert_to_numpy(attention)
+
+
+@pytest.mark.parametrize("settings", VARIANTS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_one_step_at_a_time_equals_teacher_forcing(settings):
+    config = _config(**settings)
+    model = build_model(config, SOURCE_VOCAB, TARGET_VOCAB)
+    source, target = _ids()
+    logits = ops.convert_to_numpy(model([source, target]))
+    assert logits.shape == (3, 5, TARGET_VOCAB)
+    stepped, attention = _teacher_forced_by_steps(inference_parts(model, config), source, target)
+    np.testing.assert_allclose(stepped, logits, atol=1e-5)
+    if config.attention != "none":
+        assert attention.shape == (3, 7)
+        np.testing.assert_allclose(attention.sum(-1), 1, atol=1e-5)
+        assert np.all(attention[0, 4:] == 0)  # padded source positions get no weight
+
+
+@pytest.mark.parametrize("settings", VARIANTS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_padded_source_positions_do_not_change_outputs(settings):
+    model = build_model(_config(**settings), SOURCE_VOCAB, TARGET_VOCAB)
+    source, target = _ids()
+    logits = ops.convert_to_numpy(model([source, target]))
+    longer = np.concatenate([source, np.zeros((3, 5), "int32")], axis=1)  # more padding
+    np.testing.assert_allclose(ops.convert_to_numpy(model([longer, target])), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", VARIANTS, ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_saved_model_loads_safely_and_identically(settings, tmp_path):
+    model = build_model(_config(**settings), SOURCE_VOCAB, TARGET_VOCAB)
+    source, target = _ids()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(loaded([source, target])), ops.convert_to_numpy(model([source, target]))
+    )
+
+
+def test_textbook_model_has_the_textbook_layers():
+    model = build_model(_config(), SOURCE_VOCAB, TARGET_VOCAB)
+    names = [layer.name for layer in model.layers]
+    for name in ("source_ids", "source_projection", "encoder_lstm", "decoder_input_ids", "decoder_lstm"):
+        assert name in names
+    assert "output_projection" in names
+    parts = inference_parts(model, _config())
+    assert parts.num_context == 0
+    assert parts.encoder.get_layer("encoder_lstm") is model.get_layer("encoder_lstm")
+
+
+def test_bidirectional_and_layers_change_the_model():
+    counts = {
+        (bi, n): build_model(_config(bidirectional=bi, layers=n), SOURCE_VOCAB, TARGET_VOCAB).count_params()
+        for bi, n in itertools.product([False, True], [1, 2])
+    }
+    assert counts[(False, 2)] > counts[(False, 1)]
+    assert counts[(True, 1)] != counts[(False, 1)]
 
 
 def test_one_hot_shapes_and_mask():
@@ -24,27 +115,6 @@ def test_one_hot_shapes_and_mask():
     assert OneHot(6).compute_mask(ids) is None
 
 
-@pytest.mark.parametrize("input_kind", ["onehot", "embedding"])
-def test_padded_source_positions_do_not_change_the_encoder_state(input_kind):
-    config = Config(latent_dim=8, input=input_kind, embedding_dim=4)
-    model = build_model(config, source_vocab_size=10, target_vocab_size=12)
-    encoder = inference_parts(model).encoder
-    short = np.array([[5, 6, 7]], dtype="int32")
-    padded = np.array([[5, 6, 7, 0, 0, 0]], dtype="int32")
-    for a, b in zip(encoder(short), encoder(padded), strict=True):
-        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=1e-6)
-
-
-def test_model_shapes_and_inference_parts_share_weights():
-    model = build_model(Config(latent_dim=8), source_vocab_size=10, target_vocab_size=12)
-    logits = model([np.ones((3, 5), "int32"), np.ones((3, 7), "int32")])
-    assert tuple(logits.shape) == (3, 7, 12)
-    parts = inference_parts(model)
-    assert parts.encoder.get_layer(ENCODER_LSTM) is model.get_layer(ENCODER_LSTM)
-    logits, h, c = parts.step([np.ones((3, 1), "int32"), np.zeros((3, 8), "float32"), np.zeros((3, 8), "float32")])
-    assert tuple(logits.shape) == (3, 12) and tuple(h.shape) == tuple(c.shape) == (3, 8)
-
-
 def test_loss_ignores_padding_and_matches_keras():
     rng = np.random.default_rng(0)
     y_true = np.array([[4, 5, 2, 0, 0], [6, 2, 0, 0, 0]], dtype="int32")
@@ -55,6 +125,15 @@ def test_loss_ignores_padding_and_matches_keras():
     changed = logits.copy()
     changed[y_true == PAD_ID] = rng.normal(size=(int((y_true == PAD_ID).sum()), 8))
     assert float(MaskedCrossEntropy()(y_true, changed)) == pytest.approx(ours, rel=1e-6)
+
+
+def test_label_smoothing_targets_a_smoothed_distribution():
+    rng = np.random.default_rng(1)
+    y_true = np.array([[4, 5, 0]], dtype="int32")
+    logits = rng.normal(size=(1, 3, 8)).astype("float32")
+    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    expected = float(keras_loss(np.eye(8)[y_true[0, :2]][None], logits[:, :2]))
+    assert float(MaskedCrossEntropy(label_smoothing=0.1)(y_true, logits)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_accuracy_counts_real_tokens_only():

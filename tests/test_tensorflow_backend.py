@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     loaded = Seq2Seq.load(model_dir)
     sources = ["abc", "hgfe", "aabbccdd", "a"]
     ids = loaded.encode(sources)
-    batched = loaded.generate(ids)
+    batched = [n_best[0][0] for n_best in loaded.generate(ids)]
     oracle = [stepwise_greedy(loaded.parts, i, loaded.max_length) for i in ids]
     print(json.dumps({"batched": batched, "oracle": oracle, "outputs": loaded.translate(sources),
                       "before_save": system.translate(sources)}))

@@ -10,7 +10,7 @@ import pytest
 from seq2seq import Config, Seq2Seq
 from seq2seq.api import HISTORY_FILE
 from seq2seq.data import Split
-from seq2seq.decoding import stepwise_greedy
+from seq2seq.decoding import DecodingOptions, stepwise_greedy
 from seq2seq.training import ModelDirExistsError, train
 
 from .conftest import REVERSE_SETTINGS
@@ -50,14 +50,14 @@ def test_save_then_load_gives_identical_outputs(reverse_model, reverse_model_dir
 def test_batched_compiled_greedy_equals_textbook_loop(reverse_model, reverse_model_dir):
     sources = [p.source for p in Split.load(reverse_model_dir / "split").test][:40] + ["hhhhhhhh", "abcxyz"]
     source_ids = reverse_model.encode(sources)
-    batched = reverse_model.generate(source_ids, batch_size=16)
-    for ids, out in zip(source_ids, batched, strict=True):
+    batched = reverse_model.generate(source_ids, DecodingOptions(batch_size=16))
+    for ids, [(out, _)] in zip(source_ids, batched, strict=True):
         assert out == stepwise_greedy(reverse_model.parts, ids, reverse_model.max_length)
 
 
 def test_generation_stops_at_max_length(reverse_model):
-    outputs = reverse_model.generate(reverse_model.encode(["abcdefgh"]), max_length=3)
-    assert len(outputs[0]) == 3
+    [[(output, _)]] = reverse_model.generate(reverse_model.encode(["abcdefgh"]), DecodingOptions(max_length=3))
+    assert len(output) == 3
 
 
 def test_refuses_to_overwrite_a_model(reverse_model_dir):

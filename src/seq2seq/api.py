@@ -24,8 +24,8 @@ from . import backend
 from .batches import pad
 from .config import Config
 from .data import normalize
-from .decoding import GreedyDecoder
-from .model import inference_parts
+from .decoding import DecodingOptions, GreedyDecoder
+from .model import InferenceParts, inference_parts
 from .vocab import END_ID, Codec
 
 CONFIG_FILE = "config.json"
@@ -48,8 +48,8 @@ class Seq2Seq:
         self.source = source
         self.target = target
         self.model = model
-        self._parts = None
-        self._decoders: dict[int, GreedyDecoder] = {}
+        self._parts: InferenceParts | None = None
+        self._decoders: dict[tuple, keras.Model] = {}
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Seq2Seq:
@@ -80,45 +80,70 @@ class Seq2Seq:
     def max_length(self) -> int:
         return self.config.max_length or 100
 
+    @property
+    def parts(self) -> InferenceParts:
+        if self._parts is None:
+            self._parts = inference_parts(self.model, self.config)
+        return self._parts
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Source texts -> source ids (normalised as training data was)."""
         return [self.source.encode(normalize(text)) for text in texts]
 
-    def translate(self, texts: Sequence[str], max_length: int | None = None, batch_size: int = 64) -> list[str]:
-        """Generate one output text for each input text, in order."""
-        outputs = self.generate(self.encode(texts), max_length=max_length, batch_size=batch_size)
-        return [self.target.decode(ids) for ids in outputs]
+    def translate(self, texts: Sequence[str], options: DecodingOptions | None = None) -> list[str]:
+        """One output text for each input text, in order (the best, with beam search)."""
+        return [hypotheses[0][0] for hypotheses in self.n_best(texts, options)]
+
+    def n_best(self, texts: Sequence[str], options: DecodingOptions | None = None) -> list[list[tuple[str, float]]]:
+        """For each input text, `options.n_best` (output text, score) pairs, best first.
+        Scores are normalised log-probabilities with beam search, else nan."""
+        generated = self.generate(self.encode(texts), options)
+        return [[(self.target.decode(ids), score) for ids, score in hypotheses] for hypotheses in generated]
 
     def generate(
-        self, source_ids: Sequence[Sequence[int]], max_length: int | None = None, batch_size: int = 64
-    ) -> list[list[int]]:
-        """Target ids (up to and including <end>, if produced) for each source id list.
+        self, source_ids: Sequence[Sequence[int]], options: DecodingOptions | None = None
+    ) -> list[list[tuple[list[int], float]]]:
+        """For each source id list, n-best (target ids up to and including <end>, score).
 
-        Inputs are sorted by length and decoded `batch_size` at a time; empty inputs give
-        empty outputs.
+        Inputs are sorted by length and decoded `options.batch_size` at a time, so that
+        batches hold similar lengths; empty inputs give an empty output.
         """
-        decoder = self._decoder(max_length or self.max_length)
-        results: list[list[int]] = [[] for _ in source_ids]
+        options = options or DecodingOptions()
+        max_length = options.max_length or self.max_length
+        decoder = self._decoder(options, max_length)
+        results: list[list[tuple[list[int], float]]] = [[([], float("nan"))] for _ in source_ids]
         order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for number, start in enumerate(range(0, len(order), options.batch_size)):
+            rows = order[start : start + options.batch_size]
             batch = pad([source_ids[i] for i in rows])
-            batch = np.pad(batch, ((0, _padded_rows(len(rows), batch_size) - len(rows)), (0, 0)))
-            generated = keras.ops.convert_to_numpy(decoder.predict_on_batch(batch))
+            batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
+            if options.sample:
+                seed = np.array([options.seed, number * max_length * 8], dtype="int32")
+                outputs = decoder.predict_on_batch([batch, seed])
+            else:
+                outputs = decoder.predict_on_batch(batch)
             for row, i in enumerate(rows):
-                results[i] = _until_end(generated[row])
+                results[i] = _hypotheses(outputs, row)
         return results
 
-    @property
-    def parts(self):
-        if self._parts is None:
-            self._parts = inference_parts(self.model)
-        return self._parts
+    def attention(self, text: str, max_length: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
+        """Greedy output for one text with its attention weights: (source tokens, output
+        tokens, weights (output tokens x source tokens)). Needs a model with attention."""
+        if self.config.attention == "none":
+            raise ValueError("this model has no attention (trained with --attention none)")
+        source_ids = self.encode([text])[0]
+        decoder = GreedyDecoder(self.parts, max_length or self.max_length, return_attention=True)
+        ids, weights = decoder.predict_on_batch(pad([source_ids], length=len(source_ids)))
+        output = _until_end(ids[0])
+        source_tokens = self.source.tokenizer.tokenize(normalize(text))
+        target_tokens = [self.target.vocabulary.tokens[i] for i in output]
+        return source_tokens, target_tokens, np.asarray(weights)[0, : len(output), : len(source_ids)]
 
-    def _decoder(self, max_length: int) -> GreedyDecoder:
-        if max_length not in self._decoders:
-            self._decoders[max_length] = GreedyDecoder(self.parts, max_length)
-        return self._decoders[max_length]
+    def _decoder(self, options: DecodingOptions, max_length: int):
+        key = options.decoder_key(max_length)
+        if key not in self._decoders:
+            self._decoders[key] = options.make_decoder(self.parts, max_length)
+        return self._decoders[key]
 
 
 def _padded_rows(rows: int, batch_size: int) -> int:
@@ -128,6 +153,14 @@ def _padded_rows(rows: int, batch_size: int) -> int:
     while size < rows:
         size *= 2
     return max(min(size, batch_size), rows)
+
+
+def _hypotheses(outputs, row: int) -> list[tuple[list[int], float]]:
+    """The n-best (ids, score) of one row of a decoder's output."""
+    if isinstance(outputs, list | tuple):  # beam search: ids (B, N, L), scores (B, N)
+        ids, scores = (np.asarray(o) for o in outputs)
+        return [(_until_end(ids[row, n]), float(scores[row, n])) for n in range(ids.shape[1])]
+    return [(_until_end(np.asarray(outputs)[row]), float("nan"))]
 
 
 def _until_end(ids: np.ndarray) -> list[int]:

@@ -37,3 +37,19 @@ def tensorflow_not_imported() -> Iterator[None]:
         yield
     finally:
         lazy_tensorflow._available = previous
+
+
+def sample_categorical(logits, seed):
+    """One token id per row of `logits` (B, V), drawn from softmax(logits), reproducibly
+    from `seed`: an int32 tensor of shape (2,), which may be computed inside a compiled
+    loop (Keras's own random functions take only Python ints or a SeedGenerator there)."""
+    if name() == "jax":
+        import jax
+
+        key = jax.random.wrap_key_data(seed.astype("uint32"), impl="threefry2x32")
+        return jax.random.categorical(key, logits, axis=-1).astype("int32")
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.cast(tf.random.stateless_categorical(logits, 1, seed=tf.cast(seed, "int32"))[:, 0], "int32")
+    raise NotImplementedError(f"sampling is not implemented for the {name()} backend")

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from .data import Pair
 from .model import DECODER_INPUT_IDS, SOURCE_IDS
-from .vocab import END_ID, PAD_ID, START_ID
+from .vocab import END_ID, PAD_ID, START_ID, Codec
 
 
 def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -48,7 +49,9 @@ class PairBatches(keras.utils.PyDataset):
     """Batches of ({source ids, decoder input ids}, decoder target ids) for `fit`.
 
     Each epoch the pairs are shuffled, sorted by length within large pools (so batches
-    hold similar lengths), cut into batches, and the batches shuffled.
+    hold similar lengths), cut into batches, and the batches shuffled. The order depends
+    only on the seed and the epoch number, so a resumed run sees the batches an
+    uninterrupted run would have seen.
     """
 
     POOL_BATCHES = 50
@@ -60,6 +63,7 @@ class PairBatches(keras.utils.PyDataset):
         batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
+        epoch: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,11 +75,13 @@ class PairBatches(keras.utils.PyDataset):
         self.decoder_inputs, self.decoder_targets = zip(*(teacher_forcing(t) for t in targets), strict=True)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.epoch = epoch
         self.batches = self._make_batches()
 
     def _make_batches(self) -> list[np.ndarray]:
-        order = self.rng.permutation(len(self.sources)) if self.shuffle else np.arange(len(self.sources))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.sources)) if self.shuffle else np.arange(len(self.sources))
         pool_size = self.batch_size * self.POOL_BATCHES
         batches = []
         for start in range(0, len(order), pool_size):
@@ -83,8 +89,15 @@ class PairBatches(keras.utils.PyDataset):
             pool = pool[np.argsort([len(self.decoder_targets[i]) for i in pool], kind="stable")]
             batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
         if self.shuffle:
-            self.rng.shuffle(batches)
+            rng.shuffle(batches)
         return batches
+
+    @classmethod
+    def from_pairs(cls, source: Codec, target: Codec, pairs: Sequence[Pair], batch_size: int, **kwargs) -> PairBatches:
+        """Batches of text pairs, encoded by the source and target codecs."""
+        return cls(
+            [source.encode(p.source) for p in pairs], [target.encode(p.target) for p in pairs], batch_size, **kwargs
+        )
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -97,6 +110,7 @@ class PairBatches(keras.utils.PyDataset):
         return {SOURCE_IDS: source, DECODER_INPUT_IDS: decoder_input}, decoder_target
 
     def on_epoch_end(self) -> None:
+        self.epoch += 1
         if self.shuffle:
             self.batches = self._make_batches()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
+from .decoding import DecodingOptions
 
 # Help for every training setting; the options are made from Config's fields, so a new
 # setting needs a line here and nothing else.
@@ -24,16 +25,31 @@ TRAIN_HELP = {
     "strict": "stop at the first malformed line instead of skipping it",
     "dev_fraction": "share of source sentences held out for validation",
     "test_fraction": "share of source sentences held out for testing",
-    "level": "tokens: characters or words (words and punctuation)",
-    "lowercase": "lower-case text before word tokenization",
+    "level": "tokens: characters, words (and punctuation), or subword pieces (sentencepiece)",
+    "lowercase": "lower-case text before tokenization",
     "max_vocab": "largest vocabulary per side, special tokens included",
     "min_freq": "drop tokens seen fewer times in training (they become <unk>)",
+    "vocab_size": "sentencepiece vocabulary size per side, with --level subword",
+    "subword_model": "sentencepiece model type, with --level subword",
     "input": "tokens as one-hot vectors (the textbook) or a learned embedding",
     "embedding_dim": "embedding size, with --input embedding",
     "latent_dim": "size of the LSTM states h and c",
+    "layers": "stacked LSTM layers in the encoder and in the decoder",
+    "bidirectional": "encoder reads the input both ways (latent_dim/2 per direction)",
+    "attention": "decoder attends to the encoder outputs: Luong (general or dot, input feeding) or Bahdanau",
+    "dropout": "dropout rate on embeddings, between layers and before the output layer",
+    "tie_embeddings": "share the target embedding with the output layer (needs --input embedding)",
     "epochs": "passes over the training data",
     "batch_size": "pairs per training step",
     "learning_rate": "Adam learning rate",
+    "label_smoothing": "spread this share of each target's probability over the vocabulary",
+    "clip_norm": "clip the gradients' global norm to this (0: no clipping)",
+    "patience": "stop after this many epochs without improvement of --stop-metric on dev",
+    "stop_metric": "dev metric deciding the best epoch (kept in model.keras) and early stopping",
+    "lr_patience": "halve (--lr-factor) the learning rate after this many epochs without improvement",
+    "lr_factor": "learning-rate reduction factor, with --lr-patience",
+    "dev_bleu_sentences": "dev sentences decoded after every epoch for BLEU/chrF (0: none)",
+    "time_budget": "stop training after this many minutes",
     "seed": "seed for sampling, splitting, initialisation and shuffling",
     "max_length": "longest output generated, in tokens (default: from the training data)",
 }
@@ -55,9 +71,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option, type=kind, default=None, help=TRAIN_HELP[spec.name] + default)
 
 
+def _config_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(Config)} - INTERNAL_FIELDS
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    names = {f.name for f in dataclasses.fields(Config)} - INTERNAL_FIELDS
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in _config_names() if getattr(args, name) is not None}
     return Config(**given)
 
 
@@ -75,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model on a file of pairs")
     train.add_argument("--model-dir", required=True, type=Path, help="directory to write the model into")
     train.add_argument("--overwrite", action="store_true", help="replace a model already in --model-dir")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the interrupted training in --model-dir (--epochs may raise it)"
+    )
     train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     add_config_options(train)
 
@@ -98,8 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_decoding_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-length", type=int, help="longest output in tokens (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=64, help="inputs decoded at once (default: 64)")
+    group = parser.add_argument_group("decoding (greedy unless --beam or --sample)")
+    group.add_argument("--max-length", type=int, help="longest output in tokens (default: the model's)")
+    group.add_argument("--batch-size", type=int, default=64, help="inputs decoded at once (default: 64)")
+    group.add_argument("--beam", type=int, default=1, help="beam search with this many hypotheses")
+    group.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha (default: 0.6)")
+    group.add_argument("--n-best", type=int, default=1, help="print this many hypotheses per input, with scores")
+    group.add_argument("--sample", action="store_true", help="draw each token from the softmax instead")
+    group.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for --sample")
+    group.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
+    group.add_argument("--top-p", type=float, help="sample among the most probable tokens holding this probability")
+    group.add_argument("--seed", type=int, default=0, help="seed for --sample (same seed, same output)")
+
+
+def decoding_options(args: argparse.Namespace) -> DecodingOptions:
+    try:
+        return DecodingOptions(
+            max_length=args.max_length,
+            beam=args.beam,
+            length_penalty=args.length_penalty,
+            n_best=args.n_best,
+            sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,11 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import resume, train
 
-    config = config_from_args(args)
     verbose = 2 if args.quiet or not sys.stdout.isatty() else 1
-    system = train(config, args.model_dir, overwrite=args.overwrite, verbose=verbose)
+    if args.resume:
+        given = {name for name in vars(args) if name in _config_names() and getattr(args, name) is not None}
+        if given - {"epochs"}:
+            raise ConfigError(f"--resume continues with the saved settings; only --epochs may change (got {given})")
+        system = resume(args.model_dir, epochs=args.epochs, verbose=verbose)
+    else:
+        system = train(config_from_args(args), args.model_dir, overwrite=args.overwrite, verbose=verbose)
     print(f"model saved in {args.model_dir} ({system.model.count_params():,} parameters)")
     return 0
 
@@ -127,9 +181,15 @@ def run_translate(args: argparse.Namespace) -> int:
     from .api import Seq2Seq
 
     system = Seq2Seq.load(args.model_dir)
+    options = decoding_options(args)
 
     def translate(texts: list[str]) -> list[str]:
-        return system.translate(texts, max_length=args.max_length, batch_size=args.batch_size)
+        if options.n_best == 1:
+            return system.translate(texts, options)
+        return [
+            "\n".join(f"{score:.4f}\t{text}" for text, score in hypotheses)
+            for hypotheses in system.n_best(texts, options)
+        ]
 
     if args.text:
         lines: Iterable[str] = args.text
@@ -168,18 +228,15 @@ def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 def run_evaluate(args: argparse.Namespace) -> int:
     from .api import SPLIT_DIR, Seq2Seq
     from .data import read_pairs
-    from .evaluation import score
+    from .evaluation import evaluate
 
     system = Seq2Seq.load(args.model_dir)
     path = Path(args.data) if args.data else args.model_dir / SPLIT_DIR / "test.tsv"
-    pairs = read_pairs(path)
-    hypotheses = system.translate([p.source for p in pairs], max_length=args.max_length, batch_size=args.batch_size)
-    references = [p.target for p in pairs]
-    scores = score(hypotheses, references)
+    scores, hypotheses = evaluate(system, pairs := read_pairs(path), decoding_options(args))
     for pair, hypothesis in list(zip(pairs, hypotheses, strict=True))[: args.examples]:
         mark = "=" if hypothesis == pair.target else "≠"
         print(f"{pair.source}\n  {mark} {hypothesis}\n    (reference: {pair.target})")
-    print(f"\nscores on {path}:")
+    print(f"\nscores on {path} ({scores.settings['decoding']}):")
     print(scores.table())
     output = args.output or args.model_dir / "evaluation.json"
     scores.save(output)

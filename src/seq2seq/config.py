@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LEVELS = ("char", "word")
+LEVELS = ("char", "word", "subword")
 INPUTS = ("onehot", "embedding")
+ATTENTIONS = ("none", "luong", "luong-dot", "bahdanau")
+SUBWORD_MODELS = ("unigram", "bpe")
+STOP_METRICS = ("bleu", "chrf", "loss")
 
 
 class ConfigError(ValueError):
@@ -39,14 +42,29 @@ class Config:
     lowercase: bool = False
     max_vocab: int | None = None
     min_freq: int = 1
+    vocab_size: int = 8000
+    subword_model: str = "unigram"
     # model
     input: str = "onehot"
     embedding_dim: int = 128
     latent_dim: int = 256
+    layers: int = 1
+    bidirectional: bool = False
+    attention: str = "none"
+    dropout: float = 0.0
+    tie_embeddings: bool = False
     # training
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 1e-3
+    label_smoothing: float = 0.0
+    clip_norm: float = 5.0
+    patience: int | None = None
+    stop_metric: str = "loss"
+    lr_patience: int | None = None
+    lr_factor: float = 0.5
+    dev_bleu_sentences: int = 500
+    time_budget: float | None = None
     seed: int = 0
     # decoding
     max_length: int | None = None
@@ -59,6 +77,31 @@ class Config:
     def validate(self) -> None:
         _choice("level", self.level, LEVELS)
         _choice("input", self.input, INPUTS)
+        _choice("attention", self.attention, ATTENTIONS)
+        _choice("subword_model", self.subword_model, SUBWORD_MODELS)
+        _choice("stop_metric", self.stop_metric, STOP_METRICS)
+        _positive("layers", self.layers)
+        _positive("vocab_size", self.vocab_size)
+        for name in ("dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.bidirectional and self.latent_dim % 2:
+            raise ConfigError(
+                f"--bidirectional splits latent_dim between two directions: it must be even, got {self.latent_dim}"
+            )
+        if self.tie_embeddings and self.input != "embedding":
+            raise ConfigError("tie_embeddings needs input 'embedding' (one-hot inputs have no embedding to tie)")
+        if self.clip_norm < 0:
+            raise ConfigError(f"clip_norm must be positive (or 0 for no clipping), got {self.clip_norm}")
+        for name in ("patience", "lr_patience"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
+        if not 0 < self.lr_factor < 1:
+            raise ConfigError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if not isinstance(self.dev_bleu_sentences, int) or self.dev_bleu_sentences < 0:
+            raise ConfigError(f"dev_bleu_sentences must be a non-negative integer, got {self.dev_bleu_sentences!r}")
         _positive("latent_dim", self.latent_dim)
         _positive("embedding_dim", self.embedding_dim)
         _positive("epochs", self.epochs)

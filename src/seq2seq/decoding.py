@@ -1,65 +1,256 @@
 """Generating target ids from source ids, a whole batch at a time, compiled by the backend.
 
-A decoder is a small Keras model wrapped around the inference parts: its `call` runs the
-encoder once, then a `keras.ops.while_loop` of decoder steps. Keras compiles `call`
+Each decoder is a small Keras model wrapped around the inference parts: its `call` runs
+the encoder once, then a `keras.ops.while_loop` of decoder steps. Keras compiles `call`
 (with `jax.jit` on JAX, `tf.function` on TensorFlow) the first time it sees an input
 shape, so the whole loop runs as one compiled program with no Python per step.
+
+    GreedyDecoder       the most probable token at each step (the textbook's inference)
+    SamplingDecoder     a token drawn from the softmax (temperature, top-k, top-p), seeded
+    BeamSearchDecoder   the K best partial outputs at each step, GNMT length penalty
+
+`stepwise_greedy` is the textbook's loop (one call per token, batch of one), kept as the
+reference the tests compare against.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import ops
 
+from . import backend
 from .model import InferenceParts
 from .vocab import END_ID, PAD_ID, START_ID
 
+NEGATIVE = -1e9  # log-probability of what must not be chosen
 
-class GreedyDecoder(keras.Model):
-    """source ids (B, S) -> target ids (B, max_length): the most probable token at each
-    step, until every sequence has produced <end> or `max_length` tokens.
 
-    Positions after a sequence's <end> hold <pad>.
-    """
-
+class _Decoder(keras.Model):
     def __init__(self, parts: InferenceParts, max_length: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.parts = parts
         self.max_length = max_length
 
-    def call(self, source_ids):
-        state = self.parts.encoder(source_ids)
-        batch = ops.shape(source_ids)[0]
+    def encode(self, source_ids) -> tuple[list, list]:
+        encoded = self.parts.encoder(source_ids)
+        return self.parts.split(encoded if isinstance(encoded, list | tuple) else [encoded])
+
+    def step(self, previous, context: list, state: list):
+        """previous ids (B,) -> logits (B, V), attention (B, S), new state."""
+        logits, attention, *state = self.parts.step([ops.expand_dims(previous, 1), *context, *state])
+        return logits, attention, state
+
+
+class GreedyDecoder(_Decoder):
+    """source ids (B, S) -> target ids (B, max_length), and with `return_attention` the
+    attention weights (B, max_length, S) (zero-width without attention).
+
+    Each sequence stops at <end>, or after `max_length` tokens; positions after a
+    sequence's <end> hold <pad>. The loop ends when every sequence has stopped.
+    """
+
+    def __init__(self, parts: InferenceParts, max_length: int, return_attention: bool = False, **kwargs) -> None:
+        super().__init__(parts, max_length, **kwargs)
+        self.return_attention = return_attention
+
+    def choose(self, logits, t, seed):
+        return ops.cast(ops.argmax(logits, axis=-1), "int32")
+
+    def call(self, inputs):
+        source_ids, seed = inputs if isinstance(inputs, list | tuple) else (inputs, None)
+        context, state = self.encode(source_ids)
+        batch, source_length = ops.shape(source_ids)[0], ops.shape(source_ids)[1]
         output = ops.full((batch, self.max_length), PAD_ID, dtype="int32")
+        attention_width = source_length if self.parts.num_context else 0
+        attention = ops.zeros((batch, self.max_length, attention_width))
         previous = ops.full((batch,), START_ID, dtype="int32")
         finished = ops.zeros((batch,), dtype="bool")
 
-        def not_done(t, previous, finished, output, *state):
+        def not_done(t, previous, finished, output, attention, *state):
             return ops.logical_and(t < self.max_length, ops.logical_not(ops.all(finished)))
 
-        def step(t, previous, finished, output, *state):
-            logits, *state = self.parts.step([ops.expand_dims(previous, 1), *state])
-            token = ops.cast(ops.argmax(logits, axis=-1), "int32")
-            token = ops.where(finished, PAD_ID, token)
+        def step(t, previous, finished, output, attention, *state):
+            logits, weights, state = self.step(previous, context, list(state))
+            token = ops.where(finished, PAD_ID, self.choose(logits, t, seed))
             output = ops.slice_update(output, (0, t), ops.expand_dims(token, 1))
+            if self.return_attention:
+                attention = ops.slice_update(attention, (0, t, 0), ops.expand_dims(ops.cast(weights, "float32"), 1))
             finished = ops.logical_or(finished, token == END_ID)
-            return (t + 1, token, finished, output, *state)
+            return (t + 1, token, finished, output, attention, *state)
 
-        loop_vars = (ops.convert_to_tensor(0, dtype="int32"), previous, finished, output, *state)
-        return ops.while_loop(not_done, step, loop_vars)[3]
+        start = (ops.convert_to_tensor(0, dtype="int32"), previous, finished, output, attention, *state)
+        _, _, _, output, attention, *_ = ops.while_loop(not_done, step, start)
+        return (output, attention) if self.return_attention else output
 
 
-def stepwise_greedy(parts: InferenceParts, source_ids: np.ndarray, max_length: int) -> list[int]:
+class SamplingDecoder(GreedyDecoder):
+    """[source ids (B, S), seed (2,) int32] -> target ids (B, max_length), each token drawn
+    from softmax(logits / temperature), restricted to the `top_k` most probable tokens
+    and/or the smallest set whose probability reaches `top_p`. Same seed, same output."""
+
+    def __init__(
+        self,
+        parts: InferenceParts,
+        max_length: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(parts, max_length, **kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+
+    def choose(self, logits, t, seed):
+        logits = ops.cast(logits, "float32") / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth_best = ops.top_k(logits, self.top_k)[0][:, -1:]
+            logits = ops.where(logits < kth_best, NEGATIVE, logits)
+        if self.top_p is not None and self.top_p < 1:
+            ranked = ops.top_k(logits, logits.shape[-1])[0]  # descending
+            probs = ops.softmax(ranked, axis=-1)
+            keep = (ops.cumsum(probs, axis=-1) - probs) < self.top_p  # mass before each token
+            cutoff = ops.min(ops.where(keep, ranked, np.float32(np.inf)), axis=-1, keepdims=True)
+            logits = ops.where(logits < cutoff, NEGATIVE, logits)
+        step_seed = ops.stack([seed[0], seed[1] + t])
+        return backend.sample_categorical(logits, step_seed)
+
+
+def length_penalty(length, alpha: float):
+    """GNMT's length normalisation: ((5 + length) / 6) ** alpha (1 when alpha is 0)."""
+    return ops.power((5.0 + ops.cast(length, "float32")) / 6.0, alpha)
+
+
+class BeamSearchDecoder(_Decoder):
+    """source ids (B, S) -> [target ids (B, n_best, max_length), scores (B, n_best)].
+
+    Keeps the `beam_size` best hypotheses of each sentence at every step, ranked by
+    log-probability / length_penalty(length) (`alpha`), where a finished hypothesis
+    keeps its length and score. A sentence is done when its `n_best` best hypotheses
+    have produced <end>; the loop ends when every sentence is done or at `max_length`.
+    Outputs are sorted best first; scores are the normalised log-probabilities.
+    """
+
+    def __init__(
+        self, parts: InferenceParts, max_length: int, beam_size: int, alpha: float = 0.6, n_best: int = 1, **kwargs
+    ) -> None:
+        super().__init__(parts, max_length, **kwargs)
+        if not 1 <= n_best <= beam_size:
+            raise ValueError(f"n_best must be between 1 and the beam size {beam_size}, got {n_best}")
+        self.beam_size = beam_size
+        self.alpha = alpha
+        self.n_best = n_best
+
+    def call(self, source_ids):
+        k, length = self.beam_size, self.max_length
+        context, state = self.encode(source_ids)
+        context = [ops.repeat(c, k, axis=0) for c in context]  # (B * K, ...)
+        state = [ops.repeat(s, k, axis=0) for s in state]
+        batch = ops.shape(source_ids)[0]
+        tokens = ops.full((batch, k, length), PAD_ID, dtype="int32")
+        # only the first beam is live at the start, so the K beams do not repeat each other
+        scores = ops.concatenate([ops.zeros((batch, 1)), ops.full((batch, k - 1), NEGATIVE)], axis=1)
+        lengths = ops.zeros((batch, k), dtype="int32")
+        finished = ops.zeros((batch, k), dtype="bool")
+        done = ops.zeros((batch,), dtype="bool")
+        previous = ops.full((batch * k,), START_ID, dtype="int32")
+        beam_rows = ops.expand_dims(ops.arange(batch, dtype="int32") * k, 1)  # (B, 1)
+
+        def not_done(t, previous, tokens, scores, lengths, finished, done, *state):
+            return ops.logical_and(t < length, ops.logical_not(ops.all(done)))
+
+        def step(t, previous, tokens, scores, lengths, finished, done, *state):
+            logits, _, state = self.step(previous, context, list(state))
+            vocab = logits.shape[-1]
+            log_probs = ops.reshape(ops.log_softmax(ops.cast(logits, "float32"), axis=-1), (-1, k, vocab))
+            # a finished hypothesis (or any of a done sentence) continues only with <pad>, at no cost
+            frozen = ops.logical_or(finished, ops.expand_dims(done, 1))
+            pad_only = ops.where(ops.arange(vocab) == PAD_ID, 0.0, NEGATIVE)
+            log_probs = ops.where(ops.expand_dims(frozen, -1), pad_only, log_probs)
+            candidates = ops.expand_dims(scores, -1) + log_probs  # (B, K, V)
+            candidate_lengths = ops.where(frozen, lengths, t + 1)
+            ranked = candidates / ops.expand_dims(length_penalty(candidate_lengths, self.alpha), -1)
+            _, best = ops.top_k(ops.reshape(ranked, (-1, k * vocab)), k)  # (B, K), best first
+            origin, token = best // vocab, ops.cast(best % vocab, "int32")
+            scores = ops.take_along_axis(ops.reshape(candidates, (-1, k * vocab)), best, axis=1)
+            was_frozen = ops.take_along_axis(frozen, origin, axis=1)
+            lengths = ops.where(was_frozen, ops.take_along_axis(candidate_lengths, origin, axis=1), t + 1)
+            finished = ops.logical_or(ops.take_along_axis(finished, origin, axis=1), token == END_ID)
+            tokens = ops.take_along_axis(tokens, ops.expand_dims(origin, -1), axis=1)
+            tokens = ops.slice_update(tokens, (0, 0, t), ops.expand_dims(token, -1))
+            done = ops.logical_or(done, ops.all(finished[:, : self.n_best], axis=1))
+            rows = ops.reshape(beam_rows + ops.cast(origin, "int32"), (-1,))
+            state = [ops.take(s, rows, axis=0) for s in state]
+            return (t + 1, ops.reshape(token, (-1,)), tokens, scores, lengths, finished, done, *state)
+
+        start = (ops.convert_to_tensor(0, dtype="int32"), previous, tokens, scores, lengths, finished, done, *state)
+        _, _, tokens, scores, lengths, *_ = ops.while_loop(not_done, step, start)
+        normalised = scores / length_penalty(lengths, self.alpha)
+        return tokens[:, : self.n_best], normalised[:, : self.n_best]
+
+
+def stepwise_greedy(parts: InferenceParts, source_ids, max_length: int) -> list[int]:
     """The textbook's decoding loop for one unpadded sentence: encode, then call the step
     model once per token with a batch of one. Slow; kept as the reference for tests."""
-    state = parts.encoder(ops.convert_to_tensor(np.asarray(source_ids, dtype="int32")[None, :]))
+    encoded = parts.encoder(ops.convert_to_tensor(np.asarray(source_ids, dtype="int32")[None, :]))
+    context, state = parts.split(encoded if isinstance(encoded, list | tuple) else [encoded])
     previous = START_ID
     output: list[int] = []
     for _ in range(max_length):
-        logits, *state = parts.step([ops.convert_to_tensor(np.array([[previous]], dtype="int32")), *state])
+        logits, _, *state = parts.step([ops.convert_to_tensor(np.array([[previous]], dtype="int32")), *context, *state])
         previous = int(np.argmax(ops.convert_to_numpy(logits)[0]))
         output.append(previous)
         if previous == END_ID:
             break
     return output
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to generate: greedy (the default), beam search (`beam` > 1) or sampling."""
+
+    max_length: int | None = None  # None: the model's
+    beam: int = 1
+    length_penalty: float = 0.6  # GNMT alpha, beam search only
+    n_best: int = 1
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError(f"beam must be at least 1, got {self.beam}")
+        if self.sample and self.beam > 1:
+            raise ValueError("choose sampling or beam search, not both")
+        if self.n_best > max(self.beam, 1) and not self.sample:
+            raise ValueError(f"n_best ({self.n_best}) cannot exceed the beam size ({self.beam})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def make_decoder(self, parts: InferenceParts, max_length: int) -> _Decoder:
+        if self.sample:
+            return SamplingDecoder(parts, max_length, self.temperature, self.top_k, self.top_p)
+        if self.beam > 1:
+            return BeamSearchDecoder(parts, max_length, self.beam, self.length_penalty, self.n_best)
+        return GreedyDecoder(parts, max_length)
+
+    def decoder_key(self, max_length: int) -> tuple:
+        """Options that change the compiled decoder (the seed and batch size do not)."""
+        if self.sample:
+            return ("sample", max_length, self.temperature, self.top_k, self.top_p)
+        if self.beam > 1:
+            return ("beam", max_length, self.beam, self.length_penalty, self.n_best)
+        return ("greedy", max_length)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import sacrebleu
+
+from .batches import PairBatches
+from .data import Pair
+from .decoding import DecodingOptions
+
+if TYPE_CHECKING:
+    from .api import Seq2Seq
 
 
 @dataclass
@@ -21,6 +31,7 @@ class Scores:
     bleu_signature: str
     chrf_signature: str
     extra: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,3 +71,37 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
         bleu_signature=str(bleu.get_signature()),
         chrf_signature=str(chrf.get_signature()),
     )
+
+
+def teacher_forced_loss(system: Seq2Seq, pairs: Sequence[Pair], batch_size: int = 64) -> float:
+    """Mean cross-entropy (nats) per real target token, <end> included, with the true
+    previous token as decoder input (as in training, without label smoothing)."""
+    batches = PairBatches.from_pairs(system.source, system.target, pairs, batch_size, shuffle=False)
+    total, count = 0.0, 0
+    for index in range(len(batches)):
+        inputs, targets = batches[index]
+        logits = np.asarray(system.model.predict_on_batch(inputs), dtype="float64")
+        logits -= logits.max(axis=-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        real = targets != 0
+        total -= float(picked[real].sum())
+        count += int(real.sum())
+    return total / max(count, 1)
+
+
+def evaluate(
+    system: Seq2Seq, pairs: Sequence[Pair], options: DecodingOptions | None = None
+) -> tuple[Scores, list[str]]:
+    """Decode the sources, score against the targets; add loss and perplexity."""
+    options = options or DecodingOptions()
+    hypotheses = system.translate([p.source for p in pairs], options)
+    scores = score(hypotheses, [p.target for p in pairs])
+    loss = teacher_forced_loss(system, pairs, options.batch_size)
+    scores.extra.update(loss=loss, perplexity=math.exp(min(loss, 700)))
+    scores.settings = {
+        "decoding": "sampling" if options.sample else f"beam {options.beam}" if options.beam > 1 else "greedy",
+        "length_penalty": options.length_penalty if options.beam > 1 else None,
+        "max_length": options.max_length or system.max_length,
+    }
+    return scores, hypotheses

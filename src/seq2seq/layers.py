@@ -117,3 +117,22 @@ class ProjectedLSTMCell(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class TiedEmbedding(layers.Embedding):
+    """An embedding whose matrix also serves as the output layer (weight tying).
+
+    ids (B, T) -> vectors (B, T, E); with `reverse=True`, vectors (B, T, E) -> logits
+    (B, T, V) = vectors @ embeddings^T.
+    """
+
+    def call(self, inputs, reverse=False):
+        if reverse:
+            return ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
+        return super().call(inputs)
+
+    def compute_output_spec(self, inputs, reverse=False):
+        if reverse:
+            return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype)
+        return super().compute_output_spec(inputs)

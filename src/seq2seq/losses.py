@@ -12,21 +12,29 @@ from .vocab import PAD_ID
 class MaskedCrossEntropy(keras.losses.Loss):
     """Mean cross-entropy over the non-<pad> targets of a batch.
 
-    y_true: target ids (B, T); logits: (B, T, V). Equal to Keras's
-    `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`.
+    y_true: target ids (B, T); logits: (B, T, V). Without label smoothing, equal to
+    Keras's `SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)`. With
+    `label_smoothing` e, the target distribution is (1 - e) on the true token plus e
+    spread evenly over the vocabulary.
     """
 
-    def __init__(self, name: str = "masked_cross_entropy", **kwargs) -> None:
+    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_cross_entropy", **kwargs) -> None:
         kwargs.setdefault("reduction", "sum")
         super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
 
     def call(self, y_true, logits):
         y_true = ops.cast(y_true, "int32")
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
         nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
+        if self.label_smoothing:
+            nll = (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(log_probs, axis=-1)
         real = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
         # Each token's share of the batch mean; the "sum" reduction adds the shares up.
         return nll * real / ops.maximum(ops.sum(real), 1.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 @keras.saving.register_keras_serializable(package="seq2seq")

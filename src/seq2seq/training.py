@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import platform
+import shutil
 import sys
 from dataclasses import replace
 from importlib import metadata
@@ -14,11 +16,14 @@ import keras
 from . import backend
 from .api import HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
-from .config import Config
+from .callbacks import DevScores, TrainingCheckpoint, TrainingClock, load_checkpoint_state
+from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
 from .losses import MaskedAccuracy, MaskedCrossEntropy
 from .model import build_model
-from .vocab import Codec, make_tokenizer
+from .vocab import Codec, SubwordTokenizer, Tokenizer, make_tokenizer
+
+CHECKPOINT_DIR = "checkpoint"
 
 
 class ModelDirExistsError(FileExistsError):
@@ -27,7 +32,7 @@ class ModelDirExistsError(FileExistsError):
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "backend": keras.backend.backend()}
-    for package in ("seq2seq", "keras", "jax", "jaxlib", "tensorflow", "tensorflow-cpu", "numpy"):
+    for package in ("seq2seq", "keras", "jax", "jaxlib", "tensorflow", "tensorflow-cpu", "numpy", "sentencepiece"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
     return versions
@@ -46,23 +51,17 @@ def prepare_data(config: Config) -> Split:
 
 
 def fit_codecs(config: Config, pairs: list[Pair]) -> tuple[Codec, Codec]:
-    """Source and target vocabularies from the training pairs only."""
+    """Source and target tokenizers and vocabularies, from the training pairs only."""
     codecs = []
     for side in ("source", "target"):
-        tokenizer = make_tokenizer(config.level, lowercase=config.lowercase)
         texts = [getattr(p, side) for p in pairs]
+        tokenizer: Tokenizer
+        if config.level == "subword":
+            tokenizer = SubwordTokenizer.train(texts, config.vocab_size, config.subword_model, config.lowercase)
+        else:
+            tokenizer = make_tokenizer(config.level, lowercase=config.lowercase)
         codecs.append(Codec.fit(tokenizer, texts, max_size=config.max_vocab, min_freq=config.min_freq))
     return codecs[0], codecs[1]
-
-
-def make_batches(source: Codec, target: Codec, pairs: list[Pair], batch_size: int, shuffle: bool, seed: int):
-    return PairBatches(
-        [source.encode(p.source) for p in pairs],
-        [target.encode(p.target) for p in pairs],
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-    )
 
 
 def default_max_length(target: Codec, pairs: list[Pair]) -> int:
@@ -74,15 +73,39 @@ def default_max_length(target: Codec, pairs: list[Pair]) -> int:
 def check_model_dir(model_dir: Path, overwrite: bool) -> None:
     if (model_dir / MODEL_FILE).exists() and not overwrite:
         raise ModelDirExistsError(
-            f"{model_dir} already holds a trained model; pass --overwrite to replace it or choose another --model-dir"
+            f"{model_dir} already holds a trained model; pass --overwrite to replace it, --resume to continue "
+            "its training, or choose another --model-dir"
         )
 
 
-def train(config: Config, model_dir: str | Path, overwrite: bool = False, verbose: str | int = "auto") -> Seq2Seq:
+def monitored(config: Config) -> tuple[str, str]:
+    """The dev metric that decides the best epoch, and whether higher is better."""
+    if config.stop_metric == "loss":
+        return "val_loss", "min"
+    if not config.dev_bleu_sentences:
+        raise ConfigError(f"stop_metric {config.stop_metric} needs dev_bleu_sentences > 0")
+    return f"dev_{config.stop_metric}", "max"
+
+
+def compile_model(model: keras.Model, config: Config) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm or None),
+        loss=MaskedCrossEntropy(label_smoothing=config.label_smoothing),
+        metrics=[MaskedAccuracy()],
+    )
+
+
+def train(
+    config: Config,
+    model_dir: str | Path,
+    overwrite: bool = False,
+    verbose: str | int = "auto",
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> Seq2Seq:
     """Train a model as `config` says and save everything into `model_dir`.
 
-    The model file is rewritten after every epoch, so an interrupted run (Ctrl-C) keeps
-    the last finished epoch.
+    model.keras always holds the best epoch so far (by the dev metric); the checkpoint
+    directory holds the last epoch with its optimizer state, for `resume`.
     """
     model_dir = Path(model_dir)
     check_model_dir(model_dir, overwrite)
@@ -100,32 +123,106 @@ def train(config: Config, model_dir: str | Path, overwrite: bool = False, verbos
     system = Seq2Seq(config, source, target, model)
     system.save(model_dir)
     split.save(model_dir / SPLIT_DIR)
-
-    train_batches = make_batches(source, target, split.train, config.batch_size, shuffle=True, seed=config.seed)
-    dev_batches = make_batches(source, target, split.dev, config.batch_size, False, 0) if split.dev else None
+    (model_dir / HISTORY_FILE).unlink(missing_ok=True)
+    shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
+    compile_model(model, config)
     _log(
         f"pairs: {len(split.train)} train, {len(split.dev)} dev, {len(split.test)} test; "
         f"vocabulary: {len(source)} source, {len(target)} target {config.level} tokens; "
         f"parameters: {model.count_params():,}; backend: {keras.backend.backend()}"
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=MaskedCrossEntropy(),
-        metrics=[MaskedAccuracy()],
+    return _fit(system, split, model_dir, epochs_done=0, verbose=verbose, extra_callbacks=callbacks)
+
+
+def resume(
+    model_dir: str | Path,
+    epochs: int | None = None,
+    verbose: str | int = "auto",
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> Seq2Seq:
+    """Continue an interrupted training from its last checkpoint: weights, optimizer
+    state, epoch, callbacks' state, and the same batches an uninterrupted run would see.
+    `epochs` raises the total number of epochs."""
+    model_dir = Path(model_dir)
+    checkpoint = model_dir / CHECKPOINT_DIR
+    if not (checkpoint / "state.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no checkpoint to resume from ({checkpoint}/state.json)")
+    system = Seq2Seq.load(model_dir)
+    config = system.config if epochs is None else replace(system.config, epochs=epochs)
+    system.config = config
+    system.model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=True, safe_mode=True)
+    state = load_checkpoint_state(checkpoint)
+    _truncate_history(model_dir / HISTORY_FILE, state["epochs_done"])
+    with backend.tensorflow_not_imported():
+        keras.utils.set_random_seed(config.seed)
+    split = Split.load(model_dir / SPLIT_DIR)
+    _log(f"resuming {model_dir} after epoch {state['epochs_done']} of {config.epochs}")
+    return _fit(system, split, model_dir, state["epochs_done"], verbose, callbacks, restore=state)
+
+
+def _fit(system: Seq2Seq, split: Split, model_dir: Path, epochs_done, verbose, extra_callbacks, restore=None):
+    config, model = system.config, system.model
+    train_batches = PairBatches.from_pairs(
+        system.source, system.target, split.train, config.batch_size, seed=config.seed, epoch=epochs_done
     )
-    callbacks = [
-        keras.callbacks.CSVLogger(str(model_dir / HISTORY_FILE)),
-        keras.callbacks.ModelCheckpoint(str(model_dir / MODEL_FILE)),
+    dev_batches = None
+    if split.dev:
+        dev_batches = PairBatches.from_pairs(system.source, system.target, split.dev, config.batch_size, shuffle=False)
+    monitor, mode = monitored(config) if split.dev else ("loss", "min")
+    stateful: dict[str, keras.callbacks.Callback] = {
+        "best_model": keras.callbacks.ModelCheckpoint(
+            str(model_dir / MODEL_FILE), monitor=monitor, mode=mode, save_best_only=True
+        )
+    }
+    if config.lr_patience:
+        stateful["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode=mode, factor=config.lr_factor, patience=config.lr_patience, verbose=1
+        )
+    if config.patience:
+        stateful["early_stopping"] = keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=config.patience, verbose=1
+        )
+    callbacks: list[keras.callbacks.Callback] = [
+        TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
+    ]
+    if split.dev and config.dev_bleu_sentences:
+        callbacks.append(DevScores(system, split.dev, config.dev_bleu_sentences, seed=config.seed))
+    callbacks += [
+        *stateful.values(),
+        keras.callbacks.CSVLogger(str(model_dir / HISTORY_FILE), append=True),
+        TrainingCheckpoint(model_dir / CHECKPOINT_DIR, stateful, restore=restore),
+        *(extra_callbacks or []),
     ]
     try:
         with backend.tensorflow_not_imported():
             model.fit(
-                train_batches, validation_data=dev_batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose
+                train_batches,
+                validation_data=dev_batches,
+                epochs=config.epochs,
+                initial_epoch=epochs_done,
+                callbacks=callbacks,
+                verbose=verbose,
             )
     except KeyboardInterrupt:
-        _log(f"\ninterrupted: {model_dir / MODEL_FILE} holds the last finished epoch")
+        _log(f"\ninterrupted: continue with `seq2seq train --resume --model-dir {model_dir}`")
         raise
+    # the best epoch, as saved by the checkpoint, is the model
+    best = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
+    model.set_weights(best.get_weights())
     return system
+
+
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Drop history rows of epochs after the checkpoint (a run killed between writing
+    the history and the checkpoint would otherwise repeat them)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if rows:
+        kept = [rows[0], *(row for row in rows[1:] if int(row[0]) < epochs_done)]
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
 
 def _log(message: str) -> None:

@@ -87,17 +87,59 @@ class WordTokenizer:
         return {"kind": "word", "lowercase": self.lowercase}
 
 
+class SubwordTokenizer:
+    """SentencePiece pieces (unigram or BPE), e.g. "¿Qué hora es?" -> ["▁¿", "Qué", "▁hora",
+    "▁es", "?"]: frequent words stay whole, rare words are split, nothing is out of reach.
+
+    The SentencePiece model is trained on the training texts only and saved as its own
+    (protobuf) file beside the vocabulary.
+    """
+
+    def __init__(self, model_proto: bytes, lowercase: bool = False) -> None:
+        import sentencepiece
+
+        self.model_proto = model_proto
+        self.lowercase = lowercase
+        self.processor = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+
+    @classmethod
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram", lowercase: bool = False
+    ) -> SubwordTokenizer:
+        import io
+
+        import sentencepiece
+
+        model = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=(text.lower() if lowercase else text for text in texts),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            hard_vocab_limit=False,  # small corpora: as many pieces as there are, up to vocab_size
+            num_threads=2,
+            minloglevel=2,
+        )
+        return cls(model.getvalue(), lowercase=lowercase)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.processor.encode(text.lower() if self.lowercase else text, out_type=str)
+
+    def detokenize(self, tokens: Sequence[str]) -> str:
+        return self.processor.decode_pieces(list(tokens))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "subword", "lowercase": self.lowercase}
+
+
 def make_tokenizer(kind: str, lowercase: bool = False) -> Tokenizer:
+    """A char or word tokenizer (subword tokenizers are trained: `SubwordTokenizer.train`)."""
     if kind == "char":
         return CharTokenizer()
     if kind == "word":
         return WordTokenizer(lowercase=lowercase)
     raise ValueError(f"unknown tokenizer level {kind!r}; expected char or word")
-
-
-def tokenizer_from_dict(settings: dict[str, Any]) -> Tokenizer:
-    settings = dict(settings)
-    return make_tokenizer(settings.pop("kind"), **settings)
 
 
 class Vocabulary:
@@ -168,10 +210,25 @@ class Codec:
         return self.tokenizer.detokenize(self.vocabulary.decode(ids))
 
     def save(self, path: str | Path) -> None:
-        document = {"tokenizer": self.tokenizer.to_dict(), "tokens": self.vocabulary.tokens}
-        Path(path).write_text(json.dumps(document, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        """The vocabulary as JSON at `path`; a subword model beside it (`path` + .spm)."""
+        path = Path(path)
+        settings = self.tokenizer.to_dict()
+        if isinstance(self.tokenizer, SubwordTokenizer):
+            model_file = path.with_suffix(".spm")
+            model_file.write_bytes(self.tokenizer.model_proto)
+            settings["model_file"] = model_file.name
+        document = {"tokenizer": settings, "tokens": self.vocabulary.tokens}
+        path.write_text(json.dumps(document, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Codec:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(tokenizer_from_dict(document["tokenizer"]), Vocabulary(document["tokens"]))
+        path = Path(path)
+        document = json.loads(path.read_text(encoding="utf-8"))
+        settings = dict(document["tokenizer"])
+        kind = settings.pop("kind")
+        if kind == "subword":
+            model_proto = (path.parent / settings.pop("model_file")).read_bytes()
+            tokenizer: Tokenizer = SubwordTokenizer(model_proto, **settings)
+        else:
+            tokenizer = make_tokenizer(kind, **settings)
+        return cls(tokenizer, Vocabulary(document["tokens"]))

@@ -1,0 +1,149 @@
+"""What happens at the end of every epoch besides Keras's own callbacks: timing and the
+time budget, dev-set BLEU/chrF, and the checkpoint that makes a run resumable."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import keras
+
+from .data import Pair
+from .evaluation import score
+
+if TYPE_CHECKING:
+    from .api import Seq2Seq
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """Adds `seconds` (training time so far, over all runs of a resumed training) to the
+    epoch logs, prints the time remaining, and stops training when `budget_minutes` are
+    spent (after the current batch)."""
+
+    def __init__(self, epochs: int, budget_minutes: float | None = None, seconds_before: float = 0.0) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.budget = budget_minutes * 60 if budget_minutes else None
+        self.seconds_before = seconds_before
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, logs=None) -> None:
+        self.started = time.perf_counter()
+        self.first_epoch: int | None = None
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self.budget is not None and self.elapsed() >= self.budget:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        elapsed = self.elapsed()
+        if logs is not None:
+            logs["seconds"] = round(elapsed, 2)
+        done_here = epoch + 1 - self.first_epoch
+        per_epoch = (time.perf_counter() - self.started) / done_here
+        remaining = per_epoch * (self.epochs - epoch - 1)
+        if self.budget is not None:
+            remaining = min(remaining, max(self.budget - elapsed, 0))
+        stop = " (time budget spent)" if self.model.stop_training and self.budget else ""
+        print(
+            f"epoch {epoch + 1}/{self.epochs}: {_minutes(elapsed)} so far, about {_minutes(remaining)} left{stop}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class DevScores(keras.callbacks.Callback):
+    """Decodes a sample of the dev split after every epoch (greedy, compiled) and adds
+    `dev_bleu`, `dev_chrf` and `dev_exact` to the epoch logs, next to the loss."""
+
+    def __init__(self, system: Seq2Seq, pairs: list[Pair], sentences: int, seed: int = 0) -> None:
+        super().__init__()
+        self.system = system
+        self.pairs = pairs if len(pairs) <= sentences else random.Random(seed).sample(pairs, sentences)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        hypotheses = self.system.translate([p.source for p in self.pairs])
+        scores = score(hypotheses, [p.target for p in self.pairs])
+        if logs is not None:
+            logs.update(dev_bleu=round(scores.bleu, 2), dev_chrf=round(scores.chrf, 2), dev_exact=scores.exact_match)
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """After every epoch, everything needed to resume: the model with its optimizer state
+    (DIR/model.keras) and the progress (DIR/state.json: epochs done, training seconds,
+    the state of the callbacks that count epochs). Files are replaced atomically, so a
+    run killed at any moment leaves the last complete checkpoint.
+
+    On resume, pass the saved state as `restore`: it is put back into the callbacks after
+    their own `on_train_begin` has reset them (this callback must come after them).
+    """
+
+    # attributes of Keras callbacks that carry over from epoch to epoch
+    STATE = {
+        keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch"),
+        keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+        keras.callbacks.ModelCheckpoint: ("best",),
+    }
+
+    def __init__(self, directory: Path, callbacks: dict[str, keras.callbacks.Callback], restore: dict | None = None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.callbacks = callbacks
+        self.restore = restore
+
+    def on_train_begin(self, logs=None) -> None:
+        if not self.restore:
+            return
+        for name, values in self.restore.get("callbacks", {}).items():
+            for attribute, value in values.items():
+                setattr(self.callbacks[name], attribute, _from_json_number(value))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / "model.partial.keras"
+        self.model.save(partial)
+        os.replace(partial, self.directory / "model.keras")
+        state = {
+            "epochs_done": epoch + 1,
+            "seconds": (logs or {}).get("seconds", 0.0),
+            "callbacks": {name: self._state_of(callback) for name, callback in self.callbacks.items()},
+        }
+        partial_state = self.directory / "state.partial.json"
+        partial_state.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial_state, self.directory / "state.json")
+
+    def _state_of(self, callback: keras.callbacks.Callback) -> dict:
+        attributes = next(names for kind, names in self.STATE.items() if isinstance(callback, kind))
+        return {name: _to_json_number(getattr(callback, name)) for name in attributes}
+
+
+def load_checkpoint_state(directory: Path) -> dict:
+    return json.loads((Path(directory) / "state.json").read_text(encoding="utf-8"))
+
+
+def _to_json_number(value):
+    value = float(value) if not isinstance(value, int) else value
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _from_json_number(value):
+    return float(value) if value in ("inf", "-inf") else value
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
