@@ -52,3 +52,19 @@ def test_batches_reshuffle_each_epoch():
     first = [list(b) for b in batches.batches]
     batches.on_epoch_end()
     assert [list(b) for b in batches.batches] != first
+
+
+def test_long_batches_are_capped_and_filled_to_a_fixed_shape():
+    targets = [[5] * n for n in [3] * 40 + [30] * 40]
+    batches = PairBatches([[6]] * 80, targets, batch_size=32, max_tokens=256, shuffle=False)
+    shapes = set()
+    for i in range(len(batches)):
+        inputs, expected = batches[i]
+        rows, length = expected.shape
+        assert rows * length <= 256 or length == 8
+        assert rows == batches.rows_for(length)
+        shapes.add(expected.shape)
+        real_rows = len(batches.batches[i])
+        assert (inputs[SOURCE_IDS][real_rows:] == 0).all() and (expected[real_rows:] == 0).all()
+    assert shapes == {(32, 8), (8, 32)}
+    assert sum(len(b) for b in batches.batches) == 80

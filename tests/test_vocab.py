@@ -83,3 +83,21 @@ def test_codec_round_trip_through_json(tmp_path):
     ids = loaded.encode("Hola, mundo cruel.")
     assert ids[-2] == UNK_ID
     assert loaded.decode([*ids, END_ID]) == "hola, mundo <unk>."
+
+
+def test_subword_round_trip_and_save(tmp_path):
+    from seq2seq.vocab import SubwordTokenizer
+
+    texts = [f"{a} {b}." for a in ("Tom", "Mary", "We", "They") for b in ("like kiwis", "run", "are here", "sing")]
+    tokenizer = SubwordTokenizer.train(texts * 5, vocab_size=40, model_type="unigram")
+    for text in [*texts, "Tom sings kiwis here.", "¿Qué?"]:
+        pieces = tokenizer.tokenize(text)
+        assert tokenizer.detokenize(pieces) == text
+    codec = Codec.fit(tokenizer, texts)
+    codec.save(tmp_path / "v.json")
+    assert (tmp_path / "v.spm").is_file()
+    loaded = Codec.load(tmp_path / "v.json")
+    assert loaded.encode("Tom like kiwis.") == codec.encode("Tom like kiwis.")
+    assert loaded.decode(codec.encode("Mary run.")) == "Mary run."
+    bpe = SubwordTokenizer.train(texts * 5, vocab_size=40, model_type="bpe")
+    assert bpe.detokenize(bpe.tokenize("They sing.")) == "They sing."

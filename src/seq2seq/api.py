@@ -26,7 +26,7 @@ from .config import Config
 from .data import normalize
 from .decoding import DecodingOptions, GreedyDecoder
 from .model import InferenceParts, inference_parts
-from .vocab import END_ID, Codec
+from .vocab import END_ID, PAD_ID, Codec
 
 CONFIG_FILE = "config.json"
 SOURCE_VOCAB_FILE = "source_vocab.json"
@@ -164,8 +164,11 @@ def _hypotheses(outputs, row: int) -> list[tuple[list[int], float]]:
 
 
 def _until_end(ids: np.ndarray) -> list[int]:
+    """Generated ids up to and including <end>; <pad> marks that nothing more came."""
     out = []
     for i in ids.tolist():
+        if i == PAD_ID:
+            break
         out.append(i)
         if i == END_ID:
             break

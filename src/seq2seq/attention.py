@@ -143,12 +143,19 @@ class AttentionDecoder(layers.Layer):
                 for _ in range(self.num_layers - 1)
             ]
 
-        def step(state, projected):
-            output, weights, state = self.step(projected, memory, keys, source_mask, state, dropout_masks)
-            return state, (output, weights)
+        # The loop carries the state plus the step's output and attention weights, and
+        # also emits that carry: Keras's scan on TensorFlow needs its outputs shaped as
+        # its carry.
+        def step(carry, projected):
+            output, weights, state = self.step(projected, memory, keys, source_mask, carry[:-2], dropout_masks)
+            carry = (*state, output, ops.cast(weights, output.dtype))
+            return carry, carry
 
-        state, (outputs, weights) = ops.scan(step, tuple(initial_state), ops.transpose(inputs, (1, 0, 2)))
-        return [ops.transpose(outputs, (1, 0, 2)), ops.transpose(weights, (1, 0, 2)), *state]
+        batch = ops.shape(inputs)[0]
+        start = (*initial_state, ops.zeros((batch, self.units)), ops.zeros((batch, ops.shape(memory)[1])))
+        final, emitted = ops.scan(step, start, ops.transpose(inputs, (1, 0, 2)))
+        outputs, weights = (ops.transpose(x, (1, 0, 2)) for x in emitted[-2:])
+        return [outputs, weights, *final[:-2]]
 
     def compute_output_spec(self, inputs, memory, keys, source_mask, initial_state, training=False):
         batch, steps = inputs.shape[0], inputs.shape[1]

@@ -52,6 +52,12 @@ class PairBatches(keras.utils.PyDataset):
     hold similar lengths), cut into batches, and the batches shuffled. The order depends
     only on the seed and the epoch number, so a resumed run sees the batches an
     uninterrupted run would have seen.
+
+    A batch holds `batch_size` pairs, or fewer when its padded target length times its
+    rows would exceed `max_tokens` (long sentences with a large vocabulary: this bounds
+    the memory of the output layer). Short batches are filled up with all-<pad> rows,
+    which the loss ignores, so that every batch of a given length has the same shape
+    and the backend compiles few programs.
     """
 
     POOL_BATCHES = 50
@@ -64,6 +70,7 @@ class PairBatches(keras.utils.PyDataset):
         shuffle: bool = True,
         seed: int = 0,
         epoch: int = 0,
+        max_tokens: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,6 +81,7 @@ class PairBatches(keras.utils.PyDataset):
         self.sources = list(sources)
         self.decoder_inputs, self.decoder_targets = zip(*(teacher_forcing(t) for t in targets), strict=True)
         self.batch_size = batch_size
+        self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
@@ -87,14 +95,25 @@ class PairBatches(keras.utils.PyDataset):
         for start in range(0, len(order), pool_size):
             pool = order[start : start + pool_size]
             pool = pool[np.argsort([len(self.decoder_targets[i]) for i in pool], kind="stable")]
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            batch: list[int] = []
+            for i in pool:  # ascending lengths: each pair is the longest of its batch so far
+                if len(batch) + 1 > self.rows_for(len(self.decoder_targets[i])):
+                    batches.append(np.array(batch))
+                    batch = []
+                batch.append(i)
+            batches.append(np.array(batch))
         if self.shuffle:
             rng.shuffle(batches)
         return batches
 
+    # Largest batch output (rows x timesteps x target vocabulary), in floats: 256 MB.
+    OUTPUT_ELEMENTS = 2**26
+
     @classmethod
     def from_pairs(cls, source: Codec, target: Codec, pairs: Sequence[Pair], batch_size: int, **kwargs) -> PairBatches:
-        """Batches of text pairs, encoded by the source and target codecs."""
+        """Batches of text pairs, encoded by the source and target codecs, with at most
+        `OUTPUT_ELEMENTS` logits per batch."""
+        kwargs.setdefault("max_tokens", cls.OUTPUT_ELEMENTS // len(target))
         return cls(
             [source.encode(p.source) for p in pairs], [target.encode(p.target) for p in pairs], batch_size, **kwargs
         )
@@ -102,11 +121,19 @@ class PairBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return len(self.batches)
 
+    def rows_for(self, target_length: int) -> int:
+        """Rows of a batch whose longest target has this length."""
+        if self.max_tokens is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.max_tokens // padded_length(target_length)))
+
     def __getitem__(self, index: int):
         rows = self.batches[index]
-        source = pad([self.sources[i] for i in rows])
         decoder_input = pad([self.decoder_inputs[i] for i in rows])
-        decoder_target = pad([self.decoder_targets[i] for i in rows], length=decoder_input.shape[1])
+        filler = [[]] * (self.rows_for(decoder_input.shape[1]) - len(rows))  # all-<pad> rows
+        source = pad([*(self.sources[i] for i in rows), *filler])
+        decoder_input = pad([*(self.decoder_inputs[i] for i in rows), *filler], length=decoder_input.shape[1])
+        decoder_target = pad([*(self.decoder_targets[i] for i in rows), *filler], length=decoder_input.shape[1])
         return {SOURCE_IDS: source, DECODER_INPUT_IDS: decoder_input}, decoder_target
 
     def on_epoch_end(self) -> None:

@@ -84,8 +84,9 @@ class DevScores(keras.callbacks.Callback):
 class TrainingCheckpoint(keras.callbacks.Callback):
     """After every epoch, everything needed to resume: the model with its optimizer state
     (DIR/model.keras) and the progress (DIR/state.json: epochs done, training seconds,
-    the state of the callbacks that count epochs). Files are replaced atomically, so a
-    run killed at any moment leaves the last complete checkpoint.
+    the state of the callbacks that count epochs, and the dropout random generators,
+    which Keras does not save). Files are replaced atomically, so a run killed at any
+    moment leaves the last complete checkpoint.
 
     On resume, pass the saved state as `restore`: it is put back into the callbacks after
     their own `on_train_begin` has reset them (this callback must come after them).
@@ -110,6 +111,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         for name, values in self.restore.get("callbacks", {}).items():
             for attribute, value in values.items():
                 setattr(self.callbacks[name], attribute, _from_json_number(value))
+        for variable, value in zip(_random_states(self.model), self.restore.get("random_states", []), strict=True):
+            variable.assign(value)
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             "epochs_done": epoch + 1,
             "seconds": (logs or {}).get("seconds", 0.0),
             "callbacks": {name: self._state_of(callback) for name, callback in self.callbacks.items()},
+            "random_states": [keras.ops.convert_to_numpy(v).tolist() for v in _random_states(self.model)],
         }
         partial_state = self.directory / "state.partial.json"
         partial_state.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
@@ -128,6 +132,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def _state_of(self, callback: keras.callbacks.Callback) -> dict:
         attributes = next(names for kind, names in self.STATE.items() if isinstance(callback, kind))
         return {name: _to_json_number(getattr(callback, name)) for name in attributes}
+
+
+def _random_states(model: keras.Model) -> list:
+    """The state variables of the model's random generators (dropout), in layer order."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
 def load_checkpoint_state(directory: Path) -> dict:

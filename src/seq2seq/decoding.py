@@ -28,6 +28,12 @@ from .vocab import END_ID, PAD_ID, START_ID
 NEGATIVE = -1e9  # log-probability of what must not be chosen
 
 
+def output_logits(logits):
+    """Logits (B, V) with <pad> and <start> ruled out: they are never outputs."""
+    never = ops.logical_or(ops.arange(logits.shape[-1]) == PAD_ID, ops.arange(logits.shape[-1]) == START_ID)
+    return ops.where(never, ops.cast(NEGATIVE, logits.dtype), logits)
+
+
 class _Decoder(keras.Model):
     def __init__(self, parts: InferenceParts, max_length: int, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -39,9 +45,9 @@ class _Decoder(keras.Model):
         return self.parts.split(encoded if isinstance(encoded, list | tuple) else [encoded])
 
     def step(self, previous, context: list, state: list):
-        """previous ids (B,) -> logits (B, V), attention (B, S), new state."""
+        """previous ids (B,) -> logits (B, V) of possible outputs, attention (B, S), new state."""
         logits, attention, *state = self.parts.step([ops.expand_dims(previous, 1), *context, *state])
-        return logits, attention, state
+        return output_logits(ops.cast(logits, "float32")), attention, state
 
 
 class GreedyDecoder(_Decoder):
@@ -172,7 +178,7 @@ class BeamSearchDecoder(_Decoder):
         def step(t, previous, tokens, scores, lengths, finished, done, *state):
             logits, _, state = self.step(previous, context, list(state))
             vocab = logits.shape[-1]
-            log_probs = ops.reshape(ops.log_softmax(ops.cast(logits, "float32"), axis=-1), (-1, k, vocab))
+            log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (-1, k, vocab))
             # a finished hypothesis (or any of a done sentence) continues only with <pad>, at no cost
             frozen = ops.logical_or(finished, ops.expand_dims(done, 1))
             pad_only = ops.where(ops.arange(vocab) == PAD_ID, 0.0, NEGATIVE)
@@ -208,7 +214,7 @@ def stepwise_greedy(parts: InferenceParts, source_ids, max_length: int) -> list[
     output: list[int] = []
     for _ in range(max_length):
         logits, _, *state = parts.step([ops.convert_to_tensor(np.array([[previous]], dtype="int32")), *context, *state])
-        previous = int(np.argmax(ops.convert_to_numpy(logits)[0]))
+        previous = int(np.argmax(ops.convert_to_numpy(output_logits(logits))[0]))
         output.append(previous)
         if previous == END_ID:
             break

@@ -200,6 +200,7 @@ def _fit(system: Seq2Seq, split: Split, model_dir: Path, epochs_done, verbose, e
                 validation_data=dev_batches,
                 epochs=config.epochs,
                 initial_epoch=epochs_done,
+                shuffle=False,  # PairBatches shuffles, by seed and epoch; Keras's shuffle would not resume
                 callbacks=callbacks,
                 verbose=verbose,
             )

@@ -1,0 +1,129 @@
+"""Decoders: beam search and sampling against greedy and against the model's own scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from keras import ops
+
+from seq2seq.config import Config
+from seq2seq.decoding import (
+    BeamSearchDecoder,
+    DecodingOptions,
+    GreedyDecoder,
+    SamplingDecoder,
+    length_penalty,
+    output_logits,
+)
+from seq2seq.model import build_model, inference_parts
+from seq2seq.vocab import END_ID, PAD_ID, START_ID
+
+SOURCE_VOCAB, TARGET_VOCAB, MAX_LENGTH = 12, 9, 7
+
+
+def _model(attention: str, seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    config = Config(latent_dim=16, embedding_dim=8, input="embedding", attention=attention, bidirectional=True)
+    model = build_model(config, SOURCE_VOCAB, TARGET_VOCAB)
+    # larger output weights: peaked distributions, so <end> comes and beams differ
+    output = model.get_layer("output_projection")
+    output.kernel.assign(ops.convert_to_numpy(output.kernel) * 8)
+    return model, inference_parts(model, config)
+
+
+def _sources():
+    rng = np.random.default_rng(3)
+    source = rng.integers(4, SOURCE_VOCAB, (6, 5)).astype("int32")
+    source[1, 2:] = PAD_ID
+    source[4, 3:] = PAD_ID
+    return source
+
+
+def _until_end(row) -> list[int]:
+    out = []
+    for i in row:
+        if i == PAD_ID:
+            break
+        out.append(int(i))
+        if i == END_ID:
+            break
+    return out
+
+
+def _rescore(model, source_row, hypothesis: list[int], alpha: float) -> float:
+    """The model's own score of a hypothesis: sum of log p(token | previous true tokens)
+    over its tokens (<end> included), divided by the length penalty."""
+    decoder_input = np.array([[START_ID, *hypothesis[:-1]]], dtype="int32")
+    logits = output_logits(model([source_row[None, :], decoder_input])[0])
+    log_probs = ops.convert_to_numpy(ops.log_softmax(logits, axis=-1))
+    total = sum(log_probs[t, token] for t, token in enumerate(hypothesis))
+    return float(total / ops.convert_to_numpy(length_penalty(len(hypothesis), alpha)))
+
+
+@pytest.mark.parametrize("attention", ["none", "luong", "bahdanau"])
+def test_beam_of_one_equals_greedy(attention):
+    _, parts = _model(attention)
+    source = _sources()
+    greedy = ops.convert_to_numpy(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
+    beam_ids, _ = BeamSearchDecoder(parts, MAX_LENGTH, beam_size=1, alpha=0.6).predict_on_batch(source)
+    assert [_until_end(r) for r in np.asarray(beam_ids)[:, 0]] == [_until_end(r) for r in greedy]
+
+
+@pytest.mark.parametrize("attention", ["none", "luong", "bahdanau"])
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_hypotheses_are_sorted_and_scored_as_the_model_scores_them(attention, alpha):
+    model, parts = _model(attention, seed=1)
+    source = _sources()
+    ids, scores = BeamSearchDecoder(parts, MAX_LENGTH, beam_size=4, alpha=alpha, n_best=4).predict_on_batch(source)
+    ids, scores = np.asarray(ids), np.asarray(scores)
+    assert ids.shape == (6, 4, MAX_LENGTH) and scores.shape == (6, 4)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "n-best lists must be sorted best first"
+    for row in range(len(source)):
+        hypotheses = [_until_end(ids[row, n]) for n in range(4)]
+        assert len({tuple(h) for h in hypotheses}) == 4, "beams must be distinct"
+        for hypothesis, reported in zip(hypotheses, scores[row], strict=True):
+            assert _rescore(model, source[row], hypothesis, alpha) == pytest.approx(float(reported), abs=1e-4)
+
+
+def test_beam_search_finds_at_least_the_greedy_score():
+    model, parts = _model("luong", seed=2)
+    source = _sources()
+    greedy = ops.convert_to_numpy(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
+    _, scores = BeamSearchDecoder(parts, MAX_LENGTH, beam_size=5, alpha=0.0).predict_on_batch(source)
+    for row in range(len(source)):
+        greedy_score = _rescore(model, source[row], _until_end(greedy[row]), 0.0)
+        assert float(np.asarray(scores)[row, 0]) >= greedy_score - 1e-4
+
+
+def test_seeded_sampling_is_reproducible():
+    _, parts = _model("luong")
+    source = _sources()
+    decoder = SamplingDecoder(parts, MAX_LENGTH, temperature=1.5)
+    seed = np.array([7, 0], "int32")
+    first = np.asarray(decoder.predict_on_batch([source, seed]))
+    again = np.asarray(SamplingDecoder(parts, MAX_LENGTH, temperature=1.5).predict_on_batch([source, seed]))
+    other = np.asarray(decoder.predict_on_batch([source, np.array([8, 0], "int32")]))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert not np.isin(first, [START_ID]).any()
+
+
+def test_sampling_from_the_single_best_token_is_greedy():
+    _, parts = _model("bahdanau")
+    source = _sources()
+    greedy = np.asarray(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
+    top_1 = SamplingDecoder(parts, MAX_LENGTH, top_k=1).predict_on_batch([source, np.array([1, 2], "int32")])
+    np.testing.assert_array_equal(np.asarray(top_1), greedy)
+    tiny_p = SamplingDecoder(parts, MAX_LENGTH, top_p=1e-6).predict_on_batch([source, np.array([3, 4], "int32")])
+    np.testing.assert_array_equal(np.asarray(tiny_p), greedy)
+
+
+def test_options_reject_contradictions():
+    with pytest.raises(ValueError, match="not both"):
+        DecodingOptions(beam=4, sample=True)
+    with pytest.raises(ValueError, match="n_best"):
+        DecodingOptions(beam=2, n_best=3)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingDecoder(None, 5, temperature=0)

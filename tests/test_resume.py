@@ -1,0 +1,88 @@
+"""A killed training run, resumed, ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+
+SETTINGS = (
+    "data='builtin:reverse', num_samples=400, epochs=4, latent_dim=16, batch_size=32, input='embedding', "
+    "embedding_dim=8, attention='luong', dropout=0.1, lr_patience=1, dev_bleu_sentences=20, seed=3"
+)
+
+TRAIN = textwrap.dedent(
+    f"""
+    import os, signal, sys
+    import keras
+    from seq2seq import Config
+    from seq2seq.training import train
+
+    class KillAfterEpoch(keras.callbacks.Callback):
+        def __init__(self, epoch):
+            super().__init__()
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, as a crash or a kill -9
+
+    kill_after = int(sys.argv[2])
+    train(Config({SETTINGS}), sys.argv[1], verbose=0, callbacks=[KillAfterEpoch(kill_after)] if kill_after else [])
+    """
+)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=os.environ)
+
+
+def _weights(model_dir):
+    model = keras.saving.load_model(model_dir / "checkpoint" / "model.keras", compile=True, safe_mode=True)
+    optimizer = [np.asarray(v) for v in model.optimizer.variables]
+    return model.get_weights(), int(np.asarray(model.optimizer.iterations)), optimizer
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert _run("-c", TRAIN, str(whole), "0").returncode == 0
+
+    result = _run("-c", TRAIN, str(killed), "2")
+    assert result.returncode != 0  # killed
+    state = json.loads((killed / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 2
+
+    result = _run("-m", "seq2seq.cli", "train", "--resume", "--model-dir", str(killed))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming" in result.stderr
+
+    weights, iterations, optimizer = _weights(whole)
+    resumed_weights, resumed_iterations, resumed_optimizer = _weights(killed)
+    assert resumed_iterations == iterations
+    for a, b in zip(weights, resumed_weights, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(optimizer, resumed_optimizer, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+    with (killed / "history.csv").open() as f:
+        history = list(csv.DictReader(f))
+    with (whole / "history.csv").open() as f:
+        expected = list(csv.DictReader(f))
+    assert [row["epoch"] for row in history] == ["0", "1", "2", "3"]
+    for row, reference in zip(history, expected, strict=True):
+        assert float(row["loss"]) == float(reference["loss"])
+        assert float(row["dev_bleu"]) == float(reference["dev_bleu"])
+        assert float(row["learning_rate"]) == float(reference["learning_rate"])
+
+
+def test_resume_needs_a_checkpoint(tmp_path, capsys):
+    from seq2seq.cli import main
+
+    assert main(["train", "--resume", "--model-dir", str(tmp_path)]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
