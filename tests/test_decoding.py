@@ -127,3 +127,18 @@ def test_options_reject_contradictions():
         DecodingOptions(beam=2, n_best=3)
     with pytest.raises(ValueError, match="temperature"):
         SamplingDecoder(None, 5, temperature=0)
+
+
+def test_compiled_decoders_follow_weight_changes():
+    """A decoder compiled once must use the model's current weights (regression: it kept
+    the weights it was compiled with, so dev BLEU during training never changed)."""
+    model, parts = _model("luong", seed=4)
+    source = _sources()
+    greedy, beam = GreedyDecoder(parts, MAX_LENGTH), BeamSearchDecoder(parts, MAX_LENGTH, beam_size=3)
+    before = np.asarray(greedy.predict_on_batch(source)), np.asarray(beam.predict_on_batch(source)[1])
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype(w.dtype) for w in model.get_weights()])
+    after = np.asarray(greedy.predict_on_batch(source)), np.asarray(beam.predict_on_batch(source)[1])
+    fresh = np.asarray(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
+    np.testing.assert_array_equal(after[0], fresh)
+    assert not np.array_equal(before[0], after[0]) and not np.allclose(before[1], after[1])

@@ -132,6 +132,8 @@ class Seq2Seq:
         if self.config.attention == "none":
             raise ValueError("this model has no attention (trained with --attention none)")
         source_ids = self.encode([text])[0]
+        if not source_ids:
+            raise ValueError("nothing to attend to: the input is empty")
         decoder = GreedyDecoder(self.parts, max_length or self.max_length, return_attention=True)
         ids, weights = decoder.predict_on_batch(pad([source_ids], length=len(source_ids)))
         output = _until_end(ids[0])

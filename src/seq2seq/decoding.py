@@ -37,16 +37,21 @@ def output_logits(logits):
 class _Decoder(keras.Model):
     def __init__(self, parts: InferenceParts, max_length: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.parts = parts
+        # Attributes, so that Keras tracks their weights: a compiled decoder then reads
+        # the current weights at every call (not the ones it saw when compiled).
+        self.encoder = parts.encoder
+        self.step_model = parts.step
+        self.num_context = parts.num_context
         self.max_length = max_length
 
     def encode(self, source_ids) -> tuple[list, list]:
-        encoded = self.parts.encoder(source_ids)
-        return self.parts.split(encoded if isinstance(encoded, list | tuple) else [encoded])
+        encoded = self.encoder(source_ids)
+        encoded = list(encoded) if isinstance(encoded, list | tuple) else [encoded]
+        return encoded[: self.num_context], encoded[self.num_context :]
 
     def step(self, previous, context: list, state: list):
         """previous ids (B,) -> logits (B, V) of possible outputs, attention (B, S), new state."""
-        logits, attention, *state = self.parts.step([ops.expand_dims(previous, 1), *context, *state])
+        logits, attention, *state = self.step_model([ops.expand_dims(previous, 1), *context, *state])
         return output_logits(ops.cast(logits, "float32")), attention, state
 
 
@@ -70,7 +75,7 @@ class GreedyDecoder(_Decoder):
         context, state = self.encode(source_ids)
         batch, source_length = ops.shape(source_ids)[0], ops.shape(source_ids)[1]
         output = ops.full((batch, self.max_length), PAD_ID, dtype="int32")
-        attention_width = source_length if self.parts.num_context else 0
+        attention_width = source_length if self.num_context else 0
         attention = ops.zeros((batch, self.max_length, attention_width))
         previous = ops.full((batch,), START_ID, dtype="int32")
         finished = ops.zeros((batch,), dtype="bool")
