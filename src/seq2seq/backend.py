@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,3 +54,20 @@ def sample_categorical(logits, seed):
 
         return tf.cast(tf.random.stateless_categorical(logits, 1, seed=tf.cast(seed, "int32"))[:, 0], "int32")
     raise NotImplementedError(f"sampling is not implemented for the {name()} backend")
+
+
+def use_all_devices():
+    """Data parallelism over every local device (and, on JAX, every host started with
+    `jax.distributed.initialize`): each batch is split across devices, gradients are
+    averaged. Returns (a context to build and train the model in, the number of devices),
+    whose batches must divide evenly."""
+    if name() == "jax":
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return contextlib.nullcontext(), len(devices)
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
+        return strategy.scope(), strategy.num_replicas_in_sync
+    raise NotImplementedError(f"data parallelism is not implemented for the {name()} backend")

@@ -71,6 +71,7 @@ class PairBatches(keras.utils.PyDataset):
         seed: int = 0,
         epoch: int = 0,
         max_tokens: int | None = None,
+        row_multiple: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -82,6 +83,7 @@ class PairBatches(keras.utils.PyDataset):
         self.decoder_inputs, self.decoder_targets = zip(*(teacher_forcing(t) for t in targets), strict=True)
         self.batch_size = batch_size
         self.max_tokens = max_tokens
+        self.row_multiple = row_multiple
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
@@ -106,26 +108,27 @@ class PairBatches(keras.utils.PyDataset):
             rng.shuffle(batches)
         return batches
 
-    # Largest batch output (rows x timesteps x target vocabulary), in floats: 256 MB.
-    OUTPUT_ELEMENTS = 2**26
+    # Largest batch output (rows x timesteps x target vocabulary), in floats: 128 MB.
+    # Training holds a few arrays of this size (logits, their softmax and gradient).
+    OUTPUT_ELEMENTS = 2**25
 
     @classmethod
-    def from_pairs(cls, source: Codec, target: Codec, pairs: Sequence[Pair], batch_size: int, **kwargs) -> PairBatches:
+    def from_pairs(cls, source: Codec, target: Codec, pairs: Sequence[Pair], **kwargs) -> PairBatches:
         """Batches of text pairs, encoded by the source and target codecs, with at most
         `OUTPUT_ELEMENTS` logits per batch."""
         kwargs.setdefault("max_tokens", cls.OUTPUT_ELEMENTS // len(target))
-        return cls(
-            [source.encode(p.source) for p in pairs], [target.encode(p.target) for p in pairs], batch_size, **kwargs
-        )
+        return cls([source.encode(p.source) for p in pairs], [target.encode(p.target) for p in pairs], **kwargs)
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def rows_for(self, target_length: int) -> int:
-        """Rows of a batch whose longest target has this length."""
-        if self.max_tokens is None:
-            return self.batch_size
-        return max(1, min(self.batch_size, self.max_tokens // padded_length(target_length)))
+        """Rows of a batch whose longest target has this length (a multiple of
+        `row_multiple`, for splitting batches across devices)."""
+        rows = self.batch_size
+        if self.max_tokens is not None:
+            rows = min(rows, self.max_tokens // padded_length(target_length))
+        return max(self.row_multiple, rows // self.row_multiple * self.row_multiple)
 
     def __getitem__(self, index: int):
         rows = self.batches[index]

@@ -50,6 +50,7 @@ TRAIN_HELP = {
     "lr_factor": "learning-rate reduction factor, with --lr-patience",
     "dev_bleu_sentences": "dev sentences decoded after every epoch for BLEU/chrF (0: none)",
     "time_budget": "stop training after this many minutes",
+    "data_parallel": "split every batch across all local devices (see README for several machines)",
     "seed": "seed for sampling, splitting, initialisation and shuffling",
     "max_length": "longest output generated, in tokens (default: from the training data)",
 }

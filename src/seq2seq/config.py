@@ -65,6 +65,7 @@ class Config:
     lr_factor: float = 0.5
     dev_bleu_sentences: int = 500
     time_budget: float | None = None
+    data_parallel: bool = False
     seed: int = 0
     # decoding
     max_length: int | None = None

@@ -119,19 +119,21 @@ def train(
         max_length=config.max_length or default_max_length(target, split.train),
         versions=library_versions(),
     )
-    model = build_model(config, len(source), len(target))
+    scope, devices = devices_for(config)
+    with scope:
+        model = build_model(config, len(source), len(target))
+        compile_model(model, config)
     system = Seq2Seq(config, source, target, model)
     system.save(model_dir)
     split.save(model_dir / SPLIT_DIR)
     (model_dir / HISTORY_FILE).unlink(missing_ok=True)
     shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
-    compile_model(model, config)
     _log(
         f"pairs: {len(split.train)} train, {len(split.dev)} dev, {len(split.test)} test; "
         f"vocabulary: {len(source)} source, {len(target)} target {config.level} tokens; "
-        f"parameters: {model.count_params():,}; backend: {keras.backend.backend()}"
+        f"parameters: {model.count_params():,}; backend: {keras.backend.backend()}, {devices} device(s)"
     )
-    return _fit(system, split, model_dir, epochs_done=0, verbose=verbose, extra_callbacks=callbacks)
+    return _fit(system, split, model_dir, 0, verbose, callbacks, devices=devices)
 
 
 def resume(
@@ -150,24 +152,45 @@ def resume(
     system = Seq2Seq.load(model_dir)
     config = system.config if epochs is None else replace(system.config, epochs=epochs)
     system.config = config
-    system.model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=True, safe_mode=True)
+    scope, devices = devices_for(config)
+    with scope:
+        system.model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=True, safe_mode=True)
     state = load_checkpoint_state(checkpoint)
     _truncate_history(model_dir / HISTORY_FILE, state["epochs_done"])
     with backend.tensorflow_not_imported():
         keras.utils.set_random_seed(config.seed)
     split = Split.load(model_dir / SPLIT_DIR)
     _log(f"resuming {model_dir} after epoch {state['epochs_done']} of {config.epochs}")
-    return _fit(system, split, model_dir, state["epochs_done"], verbose, callbacks, restore=state)
+    return _fit(system, split, model_dir, state["epochs_done"], verbose, callbacks, restore=state, devices=devices)
 
 
-def _fit(system: Seq2Seq, split: Split, model_dir: Path, epochs_done, verbose, extra_callbacks, restore=None):
+def devices_for(config: Config):
+    """(context to build the model in, number of devices) for this configuration."""
+    if config.data_parallel:
+        return backend.use_all_devices()
+    return contextlib.nullcontext(), 1
+
+
+def _fit(
+    system: Seq2Seq,
+    split: Split,
+    model_dir: Path,
+    epochs_done: int,
+    verbose: str | int,
+    extra_callbacks: list | None,
+    restore: dict | None = None,
+    devices: int = 1,
+) -> Seq2Seq:
+    """Fit from `epochs_done` to `config.epochs`, with the callbacks that log, choose the
+    best epoch, adjust the learning rate, stop early and checkpoint."""
     config, model = system.config, system.model
+    batching = dict(batch_size=config.batch_size, row_multiple=devices)
     train_batches = PairBatches.from_pairs(
-        system.source, system.target, split.train, config.batch_size, seed=config.seed, epoch=epochs_done
+        system.source, system.target, split.train, seed=config.seed, epoch=epochs_done, **batching
     )
     dev_batches = None
     if split.dev:
-        dev_batches = PairBatches.from_pairs(system.source, system.target, split.dev, config.batch_size, shuffle=False)
+        dev_batches = PairBatches.from_pairs(system.source, system.target, split.dev, shuffle=False, **batching)
     monitor, mode = monitored(config) if split.dev else ("loss", "min")
     stateful: dict[str, keras.callbacks.Callback] = {
         "best_model": keras.callbacks.ModelCheckpoint(

@@ -1,0 +1,169 @@
+"""Quality on spa-eng: train named configurations, score them on the held-out test split.
+
+Each row of the README's results table is one configuration here, trained with a time
+budget on this machine and scored with sacrebleu on the test split made at training time
+(grouped by source sentence, never seen in training), greedy and with beam search.
+
+    python bench/quality.py --list
+    python bench/quality.py spa-eng/subword-attention eng-spa/subword-attention
+    python bench/quality.py --all
+
+Results are appended to bench/results/quality.jsonl (one JSON object per row and
+decoding) and the table is printed from that file: `python bench/quality.py --table`.
+Model directories go to runs/quality/NAME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "data" / "spa-eng" / "spa.txt"
+RESULTS = ROOT / "bench" / "results" / "quality.jsonl"
+RUNS = ROOT / "runs" / "quality"
+
+# Settings shared by every configuration of seq2seq (the textbook's knobs stay visible).
+COMMON = "--batch-size 64 --dev-bleu-sentences 500 --seed 1"
+ATTENTION = (
+    "--input embedding --embedding-dim 256 --latent-dim 512 --bidirectional --attention luong "
+    "--dropout 0.3 --label-smoothing 0.1 --learning-rate 0.002 --lr-patience 1 --stop-metric bleu"
+)
+PLAIN = (
+    "--input embedding --embedding-dim 256 --latent-dim 512 "
+    "--dropout 0.3 --label-smoothing 0.1 --learning-rate 0.002 --lr-patience 1 --stop-metric bleu"
+)
+
+# name -> (train arguments, minutes of training)
+CONFIGURATIONS: dict[str, tuple[str, float]] = {
+    "char": ("--level char " + PLAIN, 20),
+    "char-attention": ("--level char " + ATTENTION, 20),
+    "word": ("--level word --max-vocab 16000 " + PLAIN, 20),
+    "word-attention": ("--level word --max-vocab 16000 " + ATTENTION, 20),
+    "subword": ("--level subword --vocab-size 8000 " + PLAIN, 20),
+    "subword-attention": ("--level subword --vocab-size 8000 " + ATTENTION, 60),
+}
+DIRECTIONS = {"eng-spa": "", "spa-eng": "--reverse"}
+BEAM = 5
+
+
+def seq2seq(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "seq2seq.cli", *args]
+    print("$", shlex.join(command), flush=True)
+    return subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE)
+
+
+def run(name: str) -> None:
+    direction, configuration = name.split("/")
+    arguments, minutes = CONFIGURATIONS[configuration]
+    model_dir = RUNS / direction / configuration
+    train = (
+        f"train --data {CORPUS} {DIRECTIONS[direction]} {arguments} {COMMON} "
+        f"--epochs 100 --time-budget {minutes} --model-dir {model_dir} --overwrite --quiet"
+    )
+    started = time.time()
+    seq2seq(*shlex.split(train))
+    history = [json.loads(line) for line in _history_as_json(model_dir / "history.csv")]
+    for beam in (1, BEAM):
+        output = model_dir / f"evaluation-beam{beam}.json"
+        seq2seq("evaluate", "--model-dir", str(model_dir), "--beam", str(beam), "--output", str(output))
+        scores = json.loads(output.read_text())
+        _append(
+            {
+                "row": name,
+                "direction": direction,
+                "configuration": configuration,
+                "settings": train,
+                "decoding": "greedy" if beam == 1 else f"beam {beam}",
+                "bleu": round(scores["bleu"], 1),
+                "chrf": round(scores["chrf"], 1),
+                "exact_match": round(scores["exact_match"], 3),
+                "test_sentences": scores["sentences"],
+                "training_minutes": round(float(history[-1]["seconds"]) / 60, 1),
+                "epochs": len(history),
+                "wall_minutes": round((time.time() - started) / 60, 1),
+                "script": f"python bench/quality.py {name}",
+            }
+        )
+
+
+def run_textbook(direction: str) -> None:
+    """The textbook recipe (bench/textbook.py: first-10,000-style sample, char level,
+    latent 256, batch 64, rmsprop) trained on a 10,000-pair sample of our training split,
+    scored on our test split, greedy (its decoding)."""
+    model_dir = RUNS / direction / "textbook"
+    command = [sys.executable, str(ROOT / "bench" / "textbook_quality.py"), "--direction", direction]
+    command += ["--out", str(model_dir), "--minutes", "20"]
+    print("$", shlex.join(command), flush=True)
+    result = json.loads(subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE).stdout.splitlines()[-1])
+    _append({"row": f"{direction}/textbook", "direction": direction, "configuration": "textbook", **result})
+
+
+def _history_as_json(path: Path):
+    import csv
+
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            yield json.dumps(row)
+
+
+def _append(record: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def table() -> str:
+    """The latest result of each row and decoding, as a Markdown table."""
+    latest: dict[tuple[str, str], dict] = {}
+    for line in RESULTS.read_text().splitlines():
+        record = json.loads(line)
+        latest[(record["row"], record["decoding"])] = record
+    lines = [
+        "| direction | configuration | decoding | test BLEU | test chrF | training min | epochs | reproduce |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (_, decoding), r in sorted(latest.items()):
+        lines.append(
+            f"| {r['direction']} | {r['configuration']} | {decoding} | {r['bleu']} | {r['chrf']} | "
+            f"{r['training_minutes']} | {r['epochs']} | `{r['script']}` |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="*", help="DIRECTION/CONFIGURATION, e.g. spa-eng/subword-attention")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    names = [f"{d}/{c}" for d in DIRECTIONS for c in [*CONFIGURATIONS, "textbook"]]
+    if args.list:
+        print("\n".join(names))
+        return 0
+    if args.table:
+        print(table())
+        return 0
+    if not CORPUS.is_file():
+        print(f"skipped: {CORPUS} not found (see ../shared/README.md)", file=sys.stderr)
+        return 0
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    for name in names if args.all else args.rows:
+        if name.endswith("/textbook"):
+            run_textbook(name.split("/")[0])
+        else:
+            run(name)
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
