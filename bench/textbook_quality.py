@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ CORPUS = ROOT.parent / "shared" / "data" / "spa-eng" / "spa.txt"
 def load_textbook():
     spec = importlib.util.spec_from_file_location("textbook", ROOT / "bench" / "textbook.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["textbook"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

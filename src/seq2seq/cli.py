@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import types
-import typing
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
+from .sweep import parse_axes
 
 # Help for every training setting; the options are made from Config's fields, so a new
 # setting needs a line here and nothing else.
@@ -25,6 +24,8 @@ TRAIN_HELP = {
     "strict": "stop at the first malformed line instead of skipping it",
     "dev_fraction": "share of source sentences held out for validation",
     "test_fraction": "share of source sentences held out for testing",
+    "dev_data": "pair file to validate on instead of a share of --data (pairs with its sources leave training)",
+    "test_data": "pair file to test on instead of a share of --data (pairs with its sources leave training)",
     "level": "tokens: characters, words (and punctuation), or subword pieces (sentencepiece)",
     "lowercase": "lower-case text before tokenization",
     "max_vocab": "largest vocabulary per side, special tokens included",
@@ -57,14 +58,22 @@ TRAIN_HELP = {
 INTERNAL_FIELDS = {"versions"}
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per Config field: --latent-dim for latent_dim, flags for booleans."""
-    hints = typing.get_type_hints(Config)
+def add_config_options(parser: argparse.ArgumentParser, grid: bool = False) -> None:
+    """One option per Config field: --latent-dim for latent_dim, flags for booleans. With
+    `grid`, the sweep's knobs take comma-separated values (kept as text)."""
+    from .sweep import KNOBS
+
+    kinds = setting_types()
     for spec in dataclasses.fields(Config):
         if spec.name in INTERNAL_FIELDS:
             continue
         option = "--" + spec.name.replace("_", "-")
-        kind = _base_type(hints[spec.name])
+        kind = kinds[spec.name]
+        if grid and spec.name in KNOBS:
+            parser.add_argument(
+                option, default=None, help=TRAIN_HELP[spec.name] + " (comma-separated values: a grid axis)"
+            )
+            continue
         if kind is bool:
             parser.add_argument(option, action="store_true", default=None, help=TRAIN_HELP[spec.name])
         else:
@@ -79,13 +88,6 @@ def _config_names() -> set[str]:
 def config_from_args(args: argparse.Namespace) -> Config:
     given = {name: getattr(args, name) for name in _config_names() if getattr(args, name) is not None}
     return Config(**given)
-
-
-def _base_type(hint) -> type:
-    """int for `int | None`, and so on."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, help="write the scores as JSON here (default: DIR/evaluation.json)")
     evaluate.add_argument("--examples", type=int, default=5, help="print this many examples (default: 5)")
     add_decoding_options(evaluate)
+
+    sweep = commands.add_parser(
+        "sweep", help="train every combination of several values of the knobs, then compare them"
+    )
+    sweep.add_argument("--model-dir", required=True, type=Path, help="directory of the sweep")
+    sweep.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    add_config_options(sweep, grid=True)
+
+    report = commands.add_parser("report", help="write an HTML report of a sweep")
+    report.add_argument("sweep_dir", type=Path)
+
+    plot = commands.add_parser("plot", help="draw pictures of a model and its data (PNG and SVG)")
+    plot.add_argument("figure", choices=list(PLOT_FIGURES), help="which picture")
+    plot.add_argument("--model-dir", required=True, type=Path)
+    plot.add_argument("text", nargs="?", help="the sentence to draw (attention, onehot, teacher-forcing)")
+    plot.add_argument("--side", choices=["source", "target"], default="source", help="vocabulary for onehot")
+    plot.add_argument("--out", type=Path, help="file name without extension (default: DIR/plots/FIGURE)")
 
     data = commands.add_parser("data", help="write a built-in corpus (or a sample of a pair file) as TSV")
     data.add_argument("spec", help="builtin:NAME or a pair file")
@@ -253,7 +272,76 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "translate": run_translate, "evaluate": run_evaluate, "data": run_data}
+def run_sweep(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .sweep import run_sweep as sweep
+
+    names = _config_names()
+    axes, single = parse_axes({name: getattr(args, name) for name in names})
+    if not axes:
+        raise ConfigError("a sweep needs at least one knob with several values, e.g. --latent-dim 64,256")
+    budget = single.pop("time_budget", None)
+    verbose = 2 if args.quiet or not sys.stdout.isatty() else 1
+    results = sweep(Config(**single), axes, args.model_dir, time_budget=budget, verbose=verbose)
+    print(f"{len(results)} points done; results in {args.model_dir}/results.csv, report {write_report(args.model_dir)}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.sweep_dir))
+    return 0
+
+
+PLOT_FIGURES = {
+    "curves": "loss, accuracy and dev scores per epoch",
+    "attention": "attention weights for TEXT",
+    "onehot": "TEXT as one-hot vectors, timesteps x vocabulary",
+    "teacher-forcing": "decoder input and target of TEXT, by timestep",
+    "lengths": "lengths of the training pairs",
+}
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from . import plots
+    from .api import HISTORY_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE, Seq2Seq
+    from .data import Split
+    from .vocab import Codec
+
+    if args.figure in ("attention", "onehot", "teacher-forcing") and not args.text:
+        raise ConfigError(f"plot {args.figure} needs a TEXT to draw")
+    directory = args.model_dir
+    if args.figure == "curves":
+        figure = plots.training_curves(directory / HISTORY_FILE)
+    elif args.figure == "attention":
+        try:
+            figure = plots.attention_heatmap(*Seq2Seq.load(directory).attention(args.text))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    elif args.figure == "onehot":
+        vocab = SOURCE_VOCAB_FILE if args.side == "source" else TARGET_VOCAB_FILE
+        figure = plots.one_hot_matrix(args.text, Codec.load(directory / vocab))
+    elif args.figure == "teacher-forcing":
+        figure = plots.teacher_forcing_alignment(args.text, Codec.load(directory / TARGET_VOCAB_FILE))
+    else:
+        pairs = Split.load(directory / SPLIT_DIR).train
+        source, target = Codec.load(directory / SOURCE_VOCAB_FILE), Codec.load(directory / TARGET_VOCAB_FILE)
+        figure = plots.length_distribution(pairs, source, target)
+    for path in plots.save(figure, args.out or directory / "plots" / args.figure):
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "train": run_train,
+    "translate": run_translate,
+    "evaluate": run_evaluate,
+    "sweep": run_sweep,
+    "report": run_report,
+    "plot": run_plot,
+    "data": run_data,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ class Config:
     strict: bool = False
     dev_fraction: float = 0.05
     test_fraction: float = 0.05
+    dev_data: str | None = None
+    test_data: str | None = None
     # tokens
     level: str = "char"
     lowercase: bool = False
@@ -146,6 +150,16 @@ class Config:
             return cls.from_dict(values)
         except (ConfigError, TypeError) as error:
             raise ConfigError(f"{path}: {error}") from error
+
+
+def setting_types() -> dict[str, type]:
+    """The plain type of each setting: int for `int | None`, and so on."""
+    types_ = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        types_[name] = hint
+    return types_
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -312,3 +312,60 @@ def _length_bins(lengths: np.ndarray) -> np.ndarray | str:
     if high - low <= 100:
         return np.arange(low, high + 2) - 0.5
     return "auto"
+
+
+# --- sweeps ----------------------------------------------------------------------------
+
+# result column -> (history column, label, higher is better)
+SWEEP_METRICS = {
+    "dev_bleu": ("dev_bleu", "dev BLEU", True),
+    "dev_chrf": ("dev_chrf", "dev chrF", True),
+    "dev_loss": ("val_loss", "dev loss", False),
+}
+LOG_SCALE_KNOBS = {"num_samples", "learning_rate"}
+
+
+def primary_metric(results: Sequence[Mapping]) -> str:
+    """The sweep's yardstick: dev BLEU when it says something, else chrF, else the loss."""
+    for metric in ("dev_bleu", "dev_chrf"):
+        if any((r.get(metric) or 0) > 0 for r in results):
+            return metric
+    return "dev_loss"
+
+
+def metric_by_knob(results: Sequence[Mapping], knobs: Sequence[str], metric: str) -> Figure:
+    """One panel per knob: the metric of every point against the knob's value, and the
+    mean over the other knobs' values as a line."""
+    label = SWEEP_METRICS[metric][1]
+    figure = Figure(figsize=(4.2 * len(knobs), 3.6), layout="constrained")
+    for axes, knob in zip(figure.subplots(1, len(knobs), squeeze=False)[0], knobs, strict=True):
+        points = [(r[knob], r[metric]) for r in results if r.get(metric) is not None]
+        axes.scatter([x for x, _ in points], [y for _, y in points], color="0.5", s=18, label="points")
+        values = sorted({x for x, _ in points})
+        means = [float(np.mean([y for x, y in points if x == value])) for value in values]
+        axes.plot(values, means, marker="o", label="mean")
+        if knob in LOG_SCALE_KNOBS:
+            axes.set_xscale("log")
+        axes.set_xlabel(knob)
+        axes.set_ylabel(label)
+        axes.set_title(f"{label} by {knob}")
+        axes.legend()
+    return figure
+
+
+def sweep_curves(histories: Mapping[str, Sequence[Mapping]], metric: str, against: str = "epoch") -> Figure:
+    """The metric of every point after every epoch (`against="epoch"`) or against the
+    training time so far (`against="minutes"`): one line per point."""
+    column, label, _ = SWEEP_METRICS[metric]
+    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for name, rows in histories.items():
+        rows = [row for row in rows if column in row and row[column] == row[column]]
+        xs = [row["epoch"] + 1 for row in rows] if against == "epoch" else [row["seconds"] / 60 for row in rows]
+        axes.plot(xs, [row[column] for row in rows], marker=".", label=name)
+    axes.set_xlabel("epoch" if against == "epoch" else "training minutes")
+    axes.set_ylabel(label)
+    axes.set_title(f"{label} per epoch" if against == "epoch" else f"{label} against training time")
+    if len(histories) <= 16:
+        axes.legend(fontsize="small", ncols=2)
+    return figure

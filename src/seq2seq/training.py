@@ -39,15 +39,27 @@ def library_versions() -> dict[str, str]:
 
 
 def prepare_data(config: Config) -> Split:
-    pairs = load_pairs(
-        config.data,
-        num_samples=config.num_samples,
-        first=config.first,
-        reverse=config.reverse,
-        strict=config.strict,
-        seed=config.seed,
-    )
-    return split_by_source(pairs, config.dev_fraction, config.test_fraction, seed=config.seed)
+    """The training, dev and test pairs: a split of `data` by source sentence, or, with
+    `dev_data` (and `test_data`), those files, whose sources are then removed from training."""
+
+    def load(spec: str | None, num_samples: int | None = None) -> list[Pair]:
+        if spec is None:
+            return []
+        return load_pairs(
+            spec, num_samples, first=config.first, reverse=config.reverse, strict=config.strict, seed=config.seed
+        )
+
+    pairs = load(config.data, config.num_samples)
+    if config.dev_data is None and config.test_data is None:
+        return split_by_source(pairs, config.dev_fraction, config.test_fraction, seed=config.seed)
+    dev, test = load(config.dev_data), load(config.test_data)
+    held_out = {p.source for p in dev + test}
+    train = [p for p in pairs if p.source not in held_out]
+    if len(train) < len(pairs):
+        _log(f"left out of training {len(pairs) - len(train)} pairs whose source is in the dev or test data")
+    if not train:
+        raise ConfigError("no training pairs left: every source is also in the dev or test data")
+    return Split(train, dev, test)
 
 
 def fit_codecs(config: Config, pairs: list[Pair]) -> tuple[Codec, Codec]:

@@ -1,0 +1,166 @@
+"""The speed and memory benchmark: seq2seq against the textbook recipe, in one run.
+
+    python bench/run.py            # everything on JAX, then decoding on TensorFlow too
+    python bench/run.py --quick    # small sizes, to check that it runs
+
+Each measurement runs in its own process (bench/speed.py) so that its peak memory is
+its own. Prints a Markdown table of ratios and writes every measurement to
+bench/results/speed.json. Absolute times on a shared 2-core machine are noisy; the
+ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+RESULTS = ROOT / "bench" / "results" / "speed.json"
+MEMORY_BUDGET = 12 * 2**30  # the textbook's one-hot arrays may take half of this machine's 24 GB
+
+
+def measure(*args: str, backend: str = "jax") -> dict:
+    command = [sys.executable, str(ROOT / "bench" / "speed.py"), *args]
+    print("$", " ".join(command[1:]), f"(KERAS_BACKEND={backend})", file=sys.stderr, flush=True)
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    output = subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE, env=env).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    return result
+
+
+def largest_textbook_word_sample(budget: int) -> tuple[int, int]:
+    """The most first-lines of spa-eng whose word-level one-hot arrays fit in `budget`
+    bytes, and their size: the largest sample the textbook recipe can hold here."""
+    from speed import CORPUS, load_textbook
+
+    textbook = load_textbook()
+    lines = CORPUS.read_text(encoding="utf-8").split("\n")
+
+    def size(n: int) -> int:
+        sources, targets = set(), set()
+        longest_source = longest_target = 0
+        for line in lines[:n]:
+            source, target = line.split("\t")[:2]
+            s, t = textbook.tokenize(source, "word"), textbook.tokenize(target, "word")
+            sources.update(s)
+            targets.update(t)
+            longest_source, longest_target = max(longest_source, len(s)), max(longest_target, len(t) + 2)
+        return textbook.array_bytes(n, longest_source, longest_target, len(sources) + 1, len(targets) + 3)
+
+    low, high = 1000, len(lines) - 1
+    while high - low > 500:
+        middle = (low + high) // 2
+        low, high = (middle, high) if size(middle) <= budget else (low, middle)
+    return low, size(low)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}×"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check that everything runs")
+    parser.add_argument("--no-tensorflow", action="store_true", help="skip the TensorFlow decoding comparison")
+    args = parser.parse_args()
+    quick = args.quick
+    started = time.time()
+    results: dict[str, dict] = {}
+
+    results["peak"] = measure("peak")
+    char = ["--level", "char", "--pairs", "1000" if quick else "10000"]
+    results["train_char_textbook"] = measure("train", "--impl", "textbook", *char)
+    results["train_char_seq2seq"] = measure("train", "--impl", "seq2seq", *char)
+
+    word_pairs, word_bytes = (2000, 0) if quick else largest_textbook_word_sample(MEMORY_BUDGET)
+    word = ["--level", "word", "--pairs", str(word_pairs)]
+    results["train_word_textbook"] = measure("train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1")
+    results["train_word_seq2seq"] = measure("train", "--impl", "seq2seq", *word, "--epochs", "1")
+
+    decode = ["--pairs", "1000" if quick else "10000", "--train-epochs", "1" if quick else "10"]
+    results["decode_textbook"] = measure("decode", "--impl", "textbook", *decode)
+    results["decode_greedy"] = measure("decode", "--impl", "seq2seq", *decode)
+    results["decode_beam5"] = measure("decode", "--impl", "seq2seq", *decode, "--beam", "5")
+    if not args.no_tensorflow:
+        tf_decode = [*decode, "--train-epochs", "1" if quick else "10"]
+        few = ["--sentences", "20" if quick else "100"]
+        results["tf_decode_textbook"] = measure("decode", "--impl", "textbook", *tf_decode, *few, backend="tensorflow")
+        results["tf_decode_greedy"] = measure("decode", "--impl", "seq2seq", *tf_decode, backend="tensorflow")
+        results["tf_decode_beam5"] = measure(
+            "decode", "--impl", "seq2seq", *tf_decode, "--beam", "5", backend="tensorflow"
+        )
+
+    quality = ["--pairs", "1000" if quick else "10000", "--minutes", "1" if quick else "15"]
+    textbook_curve = measure("quality-time", "--impl", "textbook", *quality, "--epochs", "3" if quick else "100")
+    best_epoch = max(textbook_curve["curve"], key=lambda point: point[2])
+    target = best_epoch[2]
+    ours_curve = measure("quality-time", "--impl", "seq2seq", *quality, "--epochs", "100", "--target", str(target))
+    results["quality_textbook"], results["quality_seq2seq"] = textbook_curve, ours_curve
+    reached = next((point for point in ours_curve["curve"] if point[2] >= target), None)
+
+    results["word_sample"] = {"pairs": word_pairs, "textbook_array_mb": round(word_bytes / 2**20)}
+    results["total_minutes"] = round((time.time() - started) / 60, 1)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results, best_epoch, reached))
+    return 0
+
+
+def table(r: dict, textbook_best: list, reached: list | None) -> str:
+    peak = r["peak"]["gflops"]
+    rows = ["| measurement | textbook | seq2seq | ratio |", "|---|---|---|---|"]
+
+    def row(label: str, textbook, ours, speedup: str = "") -> None:
+        rows.append(f"| {label} | {textbook} | {ours} | {speedup} |")
+
+    def compare(label: str, textbook: dict, ours: dict, key: str) -> None:
+        row(label, f"{textbook[key]:,}", f"{ours[key]:,}", ratio(ours[key], textbook[key]))
+
+    def share(gflops: float) -> str:
+        return f"{gflops} ({gflops / peak:.0%})"
+
+    tc, sc = r["train_char_textbook"], r["train_char_seq2seq"]
+    tw, sw = r["train_word_textbook"], r["train_word_seq2seq"]
+    dt, dg, db = r["decode_textbook"], r["decode_greedy"], r["decode_beam5"]
+    speed = "real_target_tokens_per_s"
+    compare(f"char training, real target tokens/s ({tc['pairs']} pairs, latent 256, batch 64)", tc, sc, speed)
+    arrays = f"{r['word_sample']['textbook_array_mb']:,} MB"
+    compare(f"word training, real target tokens/s ({tw['pairs']} pairs; textbook arrays {arrays})", tw, sw, speed)
+    compare(f"greedy decoding, sentences/s ({dg['sentences']} held-out)", dt, dg, "sentences_per_s")
+    compare("beam-5 decoding, sentences/s (textbook: greedy)", dt, db, "sentences_per_s")
+    if "tf_decode_textbook" in r:
+        tt, tg, tb = r["tf_decode_textbook"], r["tf_decode_greedy"], r["tf_decode_beam5"]
+        compare(f"TensorFlow greedy decoding, sentences/s (textbook: {tt['sentences']})", tt, tg, "sentences_per_s")
+        compare("TensorFlow beam-5 decoding, sentences/s (textbook: greedy)", tt, tb, "sentences_per_s")
+    compare("peak memory, char training (MB)", tc, sc, "peak_rss_mb")
+    compare("peak memory, word training (MB)", tw, sw, "peak_rss_mb")
+    compare("peak memory, greedy decoding (MB)", dt, dg, "peak_rss_mb")
+    row(
+        f"char training, useful GFLOP/s (share of the {peak} GFLOP/s matmul peak)",
+        f"{share(tc['useful_gflops'])}; {tc['executed_gflops']} counting padding and one-hot products",
+        share(sc["useful_gflops"]),
+    )
+    row("word training, useful GFLOP/s", share(tw["useful_gflops"]), share(sw["useful_gflops"]))
+    row("greedy decoding, useful GFLOP/s", "", share(dg["useful_gflops"]))
+    ours, speedup = "not reached", ""
+    if reached:
+        ours = f"{reached[1] / 60:.1f} min (epoch {reached[0]})"
+        speedup = f"{reached[1] / textbook_best[1]:.2f} of its time"
+    row(
+        f"time to the textbook's best dev chrF ({textbook_best[2]})",
+        f"{textbook_best[1] / 60:.1f} min (epoch {textbook_best[0]})",
+        ours,
+        speedup,
+    )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
