@@ -10,27 +10,16 @@ epochs (the textbook's number) or the time budget. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
+
+from speed import CORPUS, load_textbook  # bench/ is this script's directory
 
 import seq2seq  # noqa: F401  (sets the default backend before Keras is imported)
 from seq2seq.config import Config
 from seq2seq.evaluation import score
 from seq2seq.training import prepare_data
-
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "data" / "spa-eng" / "spa.txt"
-
-
-def load_textbook():
-    spec = importlib.util.spec_from_file_location("textbook", ROOT / "bench" / "textbook.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["textbook"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
