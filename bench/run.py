@@ -28,7 +28,8 @@ MEMORY_BUDGET = 12 * 2**30  # the textbook's one-hot arrays may take half of thi
 def measure(*args: str, backend: str = "jax") -> dict:
     command = [sys.executable, str(ROOT / "bench" / "speed.py"), *args]
     print("$", " ".join(command[1:]), f"(KERAS_BACKEND={backend})", file=sys.stderr, flush=True)
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # no compilation cache: every measurement compiles, as a first run does
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "SEQ2SEQ_JAX_CACHE": "off"}
     output = subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE, env=env).stdout
     result = json.loads(output.strip().splitlines()[-1])
     print(json.dumps(result), file=sys.stderr, flush=True)

@@ -17,14 +17,14 @@ def test_teacher_forcing_shift():
 
 
 def test_padded_lengths_are_few_and_cover():
-    assert [padded_length(n) for n in (1, 8, 9, 64, 65, 129)] == [8, 8, 16, 64, 80, 160]
+    assert [padded_length(n) for n in (1, 8, 9, 33, 64, 65, 129)] == [4, 8, 12, 40, 64, 80, 160]
     assert all(padded_length(n) >= n for n in range(1, 500))
     assert len({padded_length(n) for n in range(1, 300)}) < 25
 
 
 def test_pad_right_pads_with_pad_id():
     out = pad([[5, 6, 7], [8]])
-    assert out.dtype == np.int32 and out.shape == (2, 8)
+    assert out.dtype == np.int32 and out.shape == (2, 4)
     assert out[0, :3].tolist() == [5, 6, 7] and out[1, 0] == 8
     assert (out[0, 3:] == PAD_ID).all() and (out[1, 1:] == PAD_ID).all()
 
@@ -66,5 +66,5 @@ def test_long_batches_are_capped_and_filled_to_a_fixed_shape():
         shapes.add(expected.shape)
         real_rows = len(batches.batches[i])
         assert (inputs[SOURCE_IDS][real_rows:] == 0).all() and (expected[real_rows:] == 0).all()
-    assert shapes == {(32, 8), (8, 32)}
+    assert shapes == {(32, 4), (8, 32)}
     assert sum(len(b) for b in batches.batches) == 80

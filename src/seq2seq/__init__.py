@@ -7,8 +7,11 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from . import backend
 from .api import Seq2Seq
 from .config import Config
+
+backend.enable_compilation_cache()
 
 __all__ = ["Config", "Seq2Seq"]
 __version__ = "0.1.0"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import keras
 
@@ -71,3 +73,21 @@ def use_all_devices():
         strategy = tf.distribute.MirroredStrategy()
         return strategy.scope(), strategy.num_replicas_in_sync
     raise NotImplementedError(f"data parallelism is not implemented for the {name()} backend")
+
+
+def enable_compilation_cache() -> None:
+    """Keep JAX's compiled programs on disk, so a second run with the same shapes starts
+    in seconds instead of compiling each (several seconds per batch shape). The cache is
+    ~/.cache/seq2seq/jax (at most 1 GB, least recently used dropped), or the directory in
+    SEQ2SEQ_JAX_CACHE; SEQ2SEQ_JAX_CACHE=off turns it off."""
+    if name() != "jax":
+        return
+    import jax
+
+    setting = os.environ.get("SEQ2SEQ_JAX_CACHE", "")
+    if setting.lower() == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    directory = Path(setting) if setting else Path.home() / ".cache" / "seq2seq" / "jax"
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_compilation_cache_max_size", 2**30)

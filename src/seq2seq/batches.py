@@ -30,9 +30,10 @@ def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
 
 
 def padded_length(length: int) -> int:
-    """Round a length up to one of a few sizes: multiples of 8 up to 64, of 16 up to
-    128, then of 32. Batches of similar lengths then share a compiled shape."""
-    step = 8 if length <= 64 else 16 if length <= 128 else 32
+    """Round a length up to one of a few sizes: multiples of 4 up to 32, of 8 up to 64,
+    of 16 up to 128, then of 32. Batches of similar lengths then share a compiled shape,
+    and short sentences (most of them) get little padding."""
+    step = 4 if length <= 32 else 8 if length <= 64 else 16 if length <= 128 else 32
     return max(step, math.ceil(length / step) * step)
 
 
@@ -96,9 +97,11 @@ class PairBatches(keras.utils.PyDataset):
         batches = []
         for start in range(0, len(order), pool_size):
             pool = order[start : start + pool_size]
-            pool = pool[np.argsort([len(self.decoder_targets[i]) for i in pool], kind="stable")]
+            # by padded target length, then source length: little padding on either side
+            keys = [(padded_length(len(self.decoder_targets[i])), len(self.sources[i])) for i in pool]
+            pool = pool[sorted(range(len(pool)), key=keys.__getitem__)]
             batch: list[int] = []
-            for i in pool:  # ascending lengths: each pair is the longest of its batch so far
+            for i in pool:  # ascending target buckets: each pair's bucket is its batch's largest so far
                 if len(batch) + 1 > self.rows_for(len(self.decoder_targets[i])):
                     batches.append(np.array(batch))
                     batch = []
