@@ -90,3 +90,24 @@ def _words(n: int) -> list[str]:
 
     rng = random.Random(0)
     return ["".join(rng.choice("abcd") for _ in range(rng.randint(2, 5))) for _ in range(n)]
+
+
+def test_translate_prompts_on_a_terminal(reverse_model_dir):
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "seq2seq.cli", "translate", "--model-dir", str(reverse_model_dir)],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(terminal)
+    os.write(controller, b"abc\n")
+    os.write(controller, b"\x04")  # Ctrl-D: end of input
+    out, err = process.communicate(timeout=300)
+    os.close(controller)
+    assert process.returncode == 0, err
+    assert "Type a sentence" in err
+    assert out.strip() == "cba"  # the reverse model reverses its input

@@ -226,8 +226,9 @@ def run_translate(args: argparse.Namespace) -> int:
 def _interactive(translate) -> int:
     print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
     while True:
+        print("> ", end="", file=sys.stderr, flush=True)  # the prompt stays out of the output
         try:
-            line = input("> ")
+            line = input()
         except EOFError:
             print(file=sys.stderr)
             return 0
