@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 from . import backend
-from .api import HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
+from .api import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
 from .callbacks import DevScores, TrainingCheckpoint, TrainingClock, load_checkpoint_state
 from .config import Config, ConfigError
@@ -164,6 +164,7 @@ def resume(
     system = Seq2Seq.load(model_dir)
     config = system.config if epochs is None else replace(system.config, epochs=epochs)
     system.config = config
+    config.save(model_dir / CONFIG_FILE)
     scope, devices = devices_for(config)
     with scope:
         system.model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=True, safe_mode=True)
