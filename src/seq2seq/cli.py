@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .config import Config, ConfigError, setting_types
+from .config import TEXTBOOK, Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
 from .sweep import parse_axes
@@ -86,8 +86,9 @@ def _config_names() -> set[str]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The settings given on the command line, over the textbook's with --textbook."""
     given = {name: getattr(args, name) for name in _config_names() if getattr(args, name) is not None}
-    return Config(**given)
+    return Config(**{**(TEXTBOOK if getattr(args, "textbook", False) else {}), **given})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the interrupted training in --model-dir (--epochs may raise it)"
     )
     train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    train.add_argument(
+        "--textbook",
+        action="store_true",
+        help="the textbook's model: characters, one-hot, one layer, no attention, latent 256, batch 64 "
+        "(options given explicitly still apply)",
+    )
     add_config_options(train)
 
     translate = commands.add_parser("translate", help="generate output for input texts (arguments or stdin)")

@@ -17,6 +17,23 @@ SUBWORD_MODELS = ("unigram", "bpe")
 STOP_METRICS = ("bleu", "chrf", "loss")
 
 
+# The textbook's model and settings (`seq2seq train --textbook`): characters as one-hot
+# vectors, one LSTM layer each side, no attention, latent 256, batch 64, and none of the
+# regularisation the defaults add.
+TEXTBOOK = dict(
+    level="char",
+    input="onehot",
+    latent_dim=256,
+    layers=1,
+    bidirectional=False,
+    attention="none",
+    dropout=0.0,
+    label_smoothing=0.0,
+    tie_embeddings=False,
+    batch_size=64,
+)
+
+
 class ConfigError(ValueError):
     """A setting has a value the toolkit cannot use."""
 
