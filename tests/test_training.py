@@ -69,3 +69,18 @@ def test_generation_stops_at_max_length(reverse_model):
 def test_refuses_to_overwrite_a_model(reverse_model_dir):
     with pytest.raises(ModelDirExistsError, match="--overwrite"):
         train(Config(**REVERSE_SETTINGS), reverse_model_dir, verbose=0)
+
+
+def test_linear_learning_rate_decay_is_applied(tmp_path):
+    settings = dict(data="builtin:reverse", num_samples=300, epochs=3, latent_dim=8, dev_bleu_sentences=0, seed=4)
+    train(Config(**settings, lr_decay="linear"), tmp_path / "decay", verbose=0)
+    train(Config(**settings), tmp_path / "constant", verbose=0)
+
+    def history(name):
+        with (tmp_path / name / HISTORY_FILE).open() as f:
+            return list(csv.DictReader(f))
+
+    decay, constant = history("decay"), history("constant")
+    assert [float(row["learning_rate"]) for row in decay] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
+    assert decay[0]["loss"] == constant[0]["loss"]  # same first epoch
+    assert decay[2]["loss"] != constant[2]["loss"]  # then the smaller rate changes the training

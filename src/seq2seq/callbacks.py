@@ -65,6 +65,29 @@ class TrainingClock(keras.callbacks.Callback):
         )
 
 
+class LinearDecay(keras.callbacks.Callback):
+    """Lowers the learning rate linearly towards zero over the training, set at the start
+    of every epoch: base x (1 - progress), where progress is the share of the epochs done
+    or, with a time budget, of the time spent, whichever is further. Budgeted training
+    ends with a small learning rate, however many epochs fit."""
+
+    def __init__(self, base: float, epochs: int, clock: TrainingClock) -> None:
+        super().__init__()
+        self.base = base
+        self.epochs = epochs
+        self.clock = clock
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        progress = epoch / self.epochs
+        if self.clock.budget:
+            progress = max(progress, self.clock.elapsed() / self.clock.budget)
+        self.model.optimizer.learning_rate.assign(self.base * max(1.0 - progress, 0.02))
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 class DevScores(keras.callbacks.Callback):
     """Decodes a sample of the dev split after every epoch (greedy, compiled) and adds
     `dev_bleu`, `dev_chrf` and `dev_exact` to the epoch logs, next to the loss."""

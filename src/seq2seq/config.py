@@ -15,6 +15,7 @@ INPUTS = ("onehot", "embedding")
 ATTENTIONS = ("none", "luong", "luong-dot", "bahdanau")
 SUBWORD_MODELS = ("unigram", "bpe")
 STOP_METRICS = ("bleu", "chrf", "loss")
+LR_DECAYS = ("none", "linear")
 
 
 # The textbook's model and settings (`seq2seq train --textbook`): characters as one-hot
@@ -84,6 +85,7 @@ class Config:
     stop_metric: str = "loss"
     lr_patience: int | None = None
     lr_factor: float = 0.5
+    lr_decay: str = "none"
     dev_bleu_sentences: int = 500
     time_budget: float | None = None
     data_parallel: bool = False
@@ -102,6 +104,9 @@ class Config:
         _choice("attention", self.attention, ATTENTIONS)
         _choice("subword_model", self.subword_model, SUBWORD_MODELS)
         _choice("stop_metric", self.stop_metric, STOP_METRICS)
+        _choice("lr_decay", self.lr_decay, LR_DECAYS)
+        if self.lr_decay != "none" and self.lr_patience:
+            raise ConfigError("choose --lr-decay or --lr-patience, not both: they would both set the learning rate")
         _positive("layers", self.layers)
         _positive("vocab_size", self.vocab_size)
         for name in ("dropout", "label_smoothing"):

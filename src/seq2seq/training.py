@@ -16,7 +16,7 @@ import keras
 from . import backend
 from .api import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
-from .callbacks import DevScores, TrainingCheckpoint, TrainingClock, load_checkpoint_state
+from .callbacks import DevScores, LinearDecay, TrainingCheckpoint, TrainingClock, load_checkpoint_state
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
 from .losses import MaskedAccuracy, MaskedCrossEntropy
@@ -218,9 +218,10 @@ def _fit(
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=config.patience, verbose=1
         )
-    callbacks: list[keras.callbacks.Callback] = [
-        TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
-    ]
+    clock = TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
+    callbacks: list[keras.callbacks.Callback] = [clock]
+    if config.lr_decay == "linear":
+        callbacks.append(LinearDecay(config.learning_rate, config.epochs, clock))
     if split.dev and config.dev_bleu_sentences:
         callbacks.append(DevScores(system, split.dev, config.dev_bleu_sentences, seed=config.seed))
     callbacks += [
