@@ -111,13 +111,13 @@ class SamplingDecoder(GreedyDecoder):
         top_p: float | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(parts, max_length, **kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
+        super().__init__(parts, max_length, **kwargs)
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
