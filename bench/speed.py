@@ -168,11 +168,12 @@ def _train_textbook(train, args) -> dict:
 
 def _seq2seq_system(train, level: str, **settings):
     from seq2seq.api import Seq2Seq
-    from seq2seq.config import Config
+    from seq2seq.config import TEXTBOOK, Config
     from seq2seq.model import build_model
     from seq2seq.training import compile_model, fit_codecs
 
-    config = Config(level=level, latent_dim=LATENT, batch_size=BATCH, **settings)
+    # The textbook's model (one-hot inputs, no attention), so both sides do the same work.
+    config = Config(**{**TEXTBOOK, "level": level, "latent_dim": LATENT, "batch_size": BATCH, **settings})
     source, target = fit_codecs(config, train)
     model = build_model(config, len(source), len(target))
     compile_model(model, config)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from seq2seq.config import Config
+from seq2seq.config import TEXTBOOK, Config
 from seq2seq.decoding import (
     BeamSearchDecoder,
     DecodingOptions,
@@ -25,7 +25,10 @@ def _model(attention: str, seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    config = Config(latent_dim=16, embedding_dim=8, input="embedding", attention=attention, bidirectional=True)
+    config = Config(
+        **{**TEXTBOOK, "latent_dim": 16, "embedding_dim": 8},
+        input="embedding", attention=attention, bidirectional=True,
+    )  # fmt: skip
     model = build_model(config, SOURCE_VOCAB, TARGET_VOCAB)
     # larger output weights: peaked distributions, so <end> comes and beams differ
     output = model.get_layer("output_projection")

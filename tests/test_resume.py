@@ -22,6 +22,7 @@ TRAIN = textwrap.dedent(
     import os, signal, sys
     import keras
     from seq2seq import Config
+    from seq2seq.config import TEXTBOOK
     from seq2seq.training import train
 
     class KillAfterEpoch(keras.callbacks.Callback):
@@ -34,7 +35,8 @@ TRAIN = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, as a crash or a kill -9
 
     kill_after = int(sys.argv[2])
-    train(Config({SETTINGS}), sys.argv[1], verbose=0, callbacks=[KillAfterEpoch(kill_after)] if kill_after else [])
+    config = Config(**{{**TEXTBOOK, **dict({SETTINGS})}})
+    train(config, sys.argv[1], verbose=0, callbacks=[KillAfterEpoch(kill_after)] if kill_after else [])
     """
 )
 

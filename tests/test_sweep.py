@@ -8,11 +8,11 @@ import re
 import pytest
 
 from seq2seq.cli import main
-from seq2seq.config import Config, ConfigError
+from seq2seq.config import TEXTBOOK, Config, ConfigError
 from seq2seq.report import knob_effects, summary
 from seq2seq.sweep import grid, parse_axes, point_name, run_sweep
 
-BASE = dict(data="builtin:reverse", epochs=2, batch_size=32, dev_bleu_sentences=30, seed=2)
+BASE = {**TEXTBOOK, "batch_size": 32} | dict(data="builtin:reverse", epochs=2, dev_bleu_sentences=30, seed=2)
 
 
 def test_grid_and_names():

@@ -16,12 +16,14 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     from seq2seq import Config, Seq2Seq
+    from seq2seq.config import TEXTBOOK
     from seq2seq.decoding import stepwise_greedy
     from seq2seq.training import train
     import keras
     assert keras.backend.backend() == "tensorflow", keras.backend.backend()
     model_dir = sys.argv[1]
-    system = train(Config(data="builtin:reverse", num_samples=600, epochs=2, latent_dim=16), model_dir, verbose=0)
+    settings = dict(data="builtin:reverse", num_samples=600, epochs=2, latent_dim=16)
+    system = train(Config(**{**TEXTBOOK, **settings}), model_dir, verbose=0)
     loaded = Seq2Seq.load(model_dir)
     sources = ["abc", "hgfe", "aabbccdd", "a"]
     ids = loaded.encode(sources)
@@ -36,10 +38,12 @@ ATTENTION_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from seq2seq import Config, Seq2Seq
+    from seq2seq.config import TEXTBOOK
     from seq2seq.decoding import DecodingOptions, stepwise_greedy
     from seq2seq.training import train
-    config = Config(data="builtin:reverse", num_samples=600, epochs=2, latent_dim=16, input="embedding",
+    settings = dict(data="builtin:reverse", num_samples=600, epochs=2, latent_dim=16, input="embedding",
                     embedding_dim=8, attention="bahdanau", bidirectional=True, layers=2, dropout=0.1)
+    config = Config(**{**TEXTBOOK, **settings})
     system = train(config, sys.argv[1], verbose=0)
     loaded = Seq2Seq.load(sys.argv[1])
     ids = loaded.encode(["abc", "hgfe", "aabbccdd"])

@@ -49,7 +49,8 @@ TRAIN_HELP = {
     "stop_metric": "dev metric deciding the best epoch (kept in model.keras) and early stopping",
     "lr_patience": "halve (--lr-factor) the learning rate after this many epochs without improvement",
     "lr_factor": "learning-rate reduction factor, with --lr-patience",
-    "lr_decay": "linear: lower the learning rate towards zero over the epochs (or the --time-budget)",
+    "lr_decay": "linear: lower the learning rate towards zero over the epochs (or the --time-budget), "
+    "in place of the reduction on plateau",
     "dev_bleu_sentences": "dev sentences decoded after every epoch for BLEU/chrF (0: none)",
     "time_budget": "stop training after this many minutes",
     "data_parallel": "split every batch across all local devices (see README for several machines)",

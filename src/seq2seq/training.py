@@ -210,7 +210,7 @@ def _fit(
             str(model_dir / MODEL_FILE), monitor=monitor, mode=mode, save_best_only=True
         )
     }
-    if config.lr_patience:
+    if config.lr_patience and config.lr_decay == "none":  # a schedule replaces the plateau rule
         stateful["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=mode, factor=config.lr_factor, patience=config.lr_patience, verbose=1
         )
