@@ -70,6 +70,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that everything runs")
     parser.add_argument("--no-tensorflow", action="store_true", help="skip the TensorFlow decoding comparison")
+    parser.add_argument(
+        "--decode-train-epochs", type=int, default=10, help="epochs of training before the decoding measurements"
+    )
+    parser.add_argument("--quality-minutes", type=float, default=15, help="training time of each time-to-quality run")
     args = parser.parse_args()
     quick = args.quick
     started = time.time()
@@ -85,12 +89,13 @@ def main() -> int:
     results["train_word_textbook"] = measure("train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1")
     results["train_word_seq2seq"] = measure("train", "--impl", "seq2seq", *word, "--epochs", "1")
 
-    decode = ["--pairs", "1000" if quick else "10000", "--train-epochs", "1" if quick else "10"]
+    train_epochs = "1" if quick else str(args.decode_train_epochs)
+    decode = ["--pairs", "1000" if quick else "10000", "--train-epochs", train_epochs]
     results["decode_textbook"] = measure("decode", "--impl", "textbook", *decode)
     results["decode_greedy"] = measure("decode", "--impl", "seq2seq", *decode)
     results["decode_beam5"] = measure("decode", "--impl", "seq2seq", *decode, "--beam", "5")
     if not args.no_tensorflow:
-        tf_decode = [*decode, "--train-epochs", "1" if quick else "10"]
+        tf_decode = decode
         few = ["--sentences", "20" if quick else "100"]
         results["tf_decode_textbook"] = measure("decode", "--impl", "textbook", *tf_decode, *few, backend="tensorflow")
         results["tf_decode_greedy"] = measure("decode", "--impl", "seq2seq", *tf_decode, backend="tensorflow")
@@ -98,7 +103,7 @@ def main() -> int:
             "decode", "--impl", "seq2seq", *tf_decode, "--beam", "5", backend="tensorflow"
         )
 
-    quality = ["--pairs", "1000" if quick else "10000", "--minutes", "1" if quick else "15"]
+    quality = ["--pairs", "1000" if quick else "10000", "--minutes", "1" if quick else str(args.quality_minutes)]
     textbook_curve = measure("quality-time", "--impl", "textbook", *quality, "--epochs", "3" if quick else "100")
     best_epoch = max(textbook_curve["curve"], key=lambda point: point[2])
     target = best_epoch[2]
@@ -107,6 +112,7 @@ def main() -> int:
     reached = next((point for point in ours_curve["curve"] if point[2] >= target), None)
 
     results["word_sample"] = {"pairs": word_pairs, "textbook_array_mb": round(word_bytes / 2**20)}
+    results["settings"] = {"quick": quick, **{k: v for k, v in vars(args).items() if k != "quick"}}
     results["total_minutes"] = round((time.time() - started) / 60, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

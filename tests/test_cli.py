@@ -85,6 +85,20 @@ def test_help_lists_the_four_knobs():
         assert option in out
 
 
+def test_defaults_are_the_best_settings_and_switches_turn_off():
+    from seq2seq.cli import build_parser, config_from_args
+    from seq2seq.config import Config
+
+    parse = build_parser().parse_args
+    defaults = config_from_args(parse(["train", "--model-dir", "m"]))
+    assert defaults == Config() and defaults.bidirectional and defaults.attention == "luong"
+    off = config_from_args(parse(["train", "--model-dir", "m", "--no-bidirectional", "--no-tie-embeddings"]))
+    assert not off.bidirectional and not off.tie_embeddings
+    textbook = config_from_args(parse(["train", "--model-dir", "m", "--textbook", "--latent-dim", "64"]))
+    assert (textbook.level, textbook.input, textbook.attention, textbook.latent_dim) == ("char", "onehot", "none", 64)
+    assert not textbook.bidirectional and textbook.dropout == 0
+
+
 def _words(n: int) -> list[str]:
     import random
 

@@ -76,8 +76,13 @@ def add_config_options(parser: argparse.ArgumentParser, grid: bool = False) -> N
                 option, default=None, help=TRAIN_HELP[spec.name] + " (comma-separated values: a grid axis)"
             )
             continue
-        if kind is bool:
-            parser.add_argument(option, action="store_true", default=None, help=TRAIN_HELP[spec.name])
+        if kind is bool:  # --bidirectional / --no-bidirectional: some are on by default
+            parser.add_argument(
+                option,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=TRAIN_HELP[spec.name] + f" (default: {'on' if spec.default else 'off'})",
+            )
         else:
             default = f" (default: {spec.default})" if spec.default is not None else ""
             parser.add_argument(option, type=kind, default=None, help=TRAIN_HELP[spec.name] + default)
