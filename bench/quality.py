@@ -39,11 +39,11 @@ WORD = "--level word --max-vocab 16000"
 
 # name -> (train arguments, minutes of training)
 CONFIGURATIONS: dict[str, tuple[str, float]] = {
-    "char": (f"--level char {NO_ATTENTION}", 10),
-    "char-attention": ("--level char", 10),
-    "word": (f"{WORD} {NO_ATTENTION}", 10),
-    "word-attention": (WORD, 10),
-    "subword": (NO_ATTENTION, 10),
+    "char": (f"--level char {NO_ATTENTION}", 6),
+    "char-attention": ("--level char", 6),
+    "word": (f"{WORD} {NO_ATTENTION}", 6),
+    "word-attention": (WORD, 6),
+    "subword": (NO_ATTENTION, 6),
     "subword-attention": ("", 60),
 }
 DIRECTIONS = {"eng-spa": "", "spa-eng": "--reverse"}
@@ -99,7 +99,7 @@ def run_textbook(direction: str) -> None:
     scored on our test split, greedy (its decoding)."""
     model_dir = RUNS / direction / "textbook"
     command = [sys.executable, str(ROOT / "bench" / "textbook_quality.py"), "--direction", direction]
-    command += ["--out", str(model_dir), "--minutes", "15"]
+    command += ["--out", str(model_dir), "--minutes", "8"]
     print("$", shlex.join(command), flush=True)
     result = json.loads(subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE).stdout.splitlines()[-1])
     _append({"row": f"{direction}/textbook", "direction": direction, "configuration": "textbook", **result})

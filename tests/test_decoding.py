@@ -25,10 +25,8 @@ def _model(attention: str, seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    config = Config(
-        **{**TEXTBOOK, "latent_dim": 16, "embedding_dim": 8},
-        input="embedding", attention=attention, bidirectional=True,
-    )  # fmt: skip
+    settings = dict(latent_dim=16, embedding_dim=8, input="embedding", attention=attention, bidirectional=True)
+    config = Config(**{**TEXTBOOK, **settings})
     model = build_model(config, SOURCE_VOCAB, TARGET_VOCAB)
     # larger output weights: peaked distributions, so <end> comes and beams differ
     output = model.get_layer("output_projection")
