@@ -111,9 +111,10 @@ class PairBatches(keras.utils.PyDataset):
             rng.shuffle(batches)
         return batches
 
-    # Largest batch output (rows x timesteps x target vocabulary), in floats: 128 MB.
-    # Training holds a few arrays of this size (logits, their softmax and gradient).
-    OUTPUT_ELEMENTS = 2**25
+    # Largest batch output (rows x timesteps x target vocabulary), in floats: 64 MB.
+    # Training holds a few arrays of this size (logits, their softmax and gradient): this
+    # keeps word-level training on all of spa-eng (27,700 target words) well under 2 GB.
+    OUTPUT_ELEMENTS = 2**24
 
     @classmethod
     def from_pairs(cls, source: Codec, target: Codec, pairs: Sequence[Pair], **kwargs) -> PairBatches:
