@@ -56,7 +56,8 @@ def test_sweep_runs_every_point_once_and_resumes(tmp_path, capsys):
 
 def test_report_names_and_shows_every_plot(tmp_path):
     assert main(["sweep", "--model-dir", str(tmp_path), "--data", "builtin:reverse", "--num-samples", "300,600",
-                 "--latent-dim", "8", "--epochs", "2", "--dev-bleu-sentences", "30", "--quiet"]) == 0  # fmt: skip
+                 "--textbook", "--latent-dim", "8", "--epochs", "2", "--dev-bleu-sentences", "30",
+                 "--quiet"]) == 0  # fmt: skip
     page = (tmp_path / "report.html").read_text()
     named = re.findall(r"<figure id='([a-z_]+)'>", page)
     assert set(named) == {"metric_by_knob", "learning_curves", "quality_against_time"}
@@ -68,6 +69,8 @@ def test_report_names_and_shows_every_plot(tmp_path):
     assert "Helped most — num_samples" in page
     results = json.loads((tmp_path / "results.json").read_text())
     assert all(r["point"] in page for r in results)
+    config = json.loads((tmp_path / "points" / results[0]["point"] / "config.json").read_text())
+    assert (config["level"], config["input"], config["attention"]) == ("char", "onehot", "none")  # --textbook
 
 
 def test_knob_effects_rank_the_knob_that_moved_the_metric_most():

@@ -88,6 +88,15 @@ def add_config_options(parser: argparse.ArgumentParser, grid: bool = False) -> N
             parser.add_argument(option, type=kind, default=None, help=TRAIN_HELP[spec.name] + default)
 
 
+def add_textbook_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--textbook",
+        action="store_true",
+        help="the textbook's model: characters, one-hot, one layer, no attention, latent 256, batch 64 "
+        "(options given explicitly still apply)",
+    )
+
+
 def _config_names() -> set[str]:
     return {f.name for f in dataclasses.fields(Config)} - INTERNAL_FIELDS
 
@@ -109,12 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the interrupted training in --model-dir (--epochs may raise it)"
     )
     train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    train.add_argument(
-        "--textbook",
-        action="store_true",
-        help="the textbook's model: characters, one-hot, one layer, no attention, latent 256, batch 64 "
-        "(options given explicitly still apply)",
-    )
+    add_textbook_option(train)
     add_config_options(train)
 
     translate = commands.add_parser("translate", help="generate output for input texts (arguments or stdin)")
@@ -134,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--model-dir", required=True, type=Path, help="directory of the sweep")
     sweep.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    add_textbook_option(sweep)
     add_config_options(sweep, grid=True)
 
     report = commands.add_parser("report", help="write an HTML report of a sweep")
@@ -297,7 +302,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("a sweep needs at least one knob with several values, e.g. --latent-dim 64,256")
     budget = single.pop("time_budget", None)
     verbose = 2 if args.quiet or not sys.stdout.isatty() else 1
-    results = sweep(Config(**single), axes, args.model_dir, time_budget=budget, verbose=verbose)
+    base = Config(**{**(TEXTBOOK if args.textbook else {}), **single})
+    results = sweep(base, axes, args.model_dir, time_budget=budget, verbose=verbose)
     print(f"{len(results)} points done; results in {args.model_dir}/results.csv, report {write_report(args.model_dir)}")
     return 0
 
