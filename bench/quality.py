@@ -130,7 +130,13 @@ def table() -> str:
         "| direction | configuration | decoding | test BLEU | test chrF | training min | epochs | reproduce |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (_, decoding), r in sorted(latest.items()):
+    order = ["textbook", *CONFIGURATIONS]
+
+    def position(key: tuple[str, str]) -> tuple:
+        direction, configuration = key[0].split("/")
+        return list(DIRECTIONS).index(direction), order.index(configuration), "beam" in key[1]
+
+    for (_, decoding), r in sorted(latest.items(), key=lambda item: position(item[0])):
         lines.append(
             f"| {r['direction']} | {r['configuration']} | {decoding} | {r['bleu']} | {r['chrf']} | "
             f"{r['training_minutes']} | {r['epochs']} | `{r['script']}` |"
