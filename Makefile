@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 # The main job: train on the built-in corpus (no download), then score held-out inputs.
 demo: $(VENV)/.installed
-	$(BIN)/seq2seq train --data builtin:numbers-en-es --level word --epochs 5 --model-dir runs/numbers-en-es --overwrite --quiet $(DEMO_ARGS)
+	$(BIN)/seq2seq train --data builtin:numbers-en-es --level word --epochs 2 --model-dir runs/numbers-en-es --overwrite --quiet $(DEMO_ARGS)
 	$(BIN)/seq2seq evaluate --model-dir runs/numbers-en-es --examples 8
 
 test: $(VENV)/.installed-dev
