@@ -273,3 +273,12 @@ def test_save_writes_png_and_svg(tmp_path, words):
     png, svg = (path.read_bytes() for path in written)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert b"<svg" in svg[:1000] and svg.rstrip().endswith(b"</svg>")
+
+
+def test_the_sweep_yardstick_is_a_score_that_ranks_the_points():
+    from seq2seq.plots import primary_metric
+
+    weak = [{"dev_bleu": 0.2, "dev_chrf": 14.0, "dev_loss": 1.8}, {"dev_bleu": 0.0, "dev_chrf": 3.0, "dev_loss": 2.8}]
+    assert primary_metric(weak) == "dev_chrf"
+    assert primary_metric([{**r, "dev_bleu": r["dev_bleu"] * 100} for r in weak]) == "dev_bleu"
+    assert primary_metric([{"dev_bleu": None, "dev_chrf": None, "dev_loss": 2.0}]) == "dev_loss"

@@ -326,9 +326,10 @@ LOG_SCALE_KNOBS = {"num_samples", "learning_rate"}
 
 
 def primary_metric(results: Sequence[Mapping]) -> str:
-    """The sweep's yardstick: dev BLEU when it says something, else chrF, else the loss."""
+    """The sweep's yardstick: dev BLEU when it says something, else chrF, else the loss.
+    Below 1 point (weak models: a few matching words by chance) a score ranks nothing."""
     for metric in ("dev_bleu", "dev_chrf"):
-        if any((r.get(metric) or 0) > 0 for r in results):
+        if max((r.get(metric) or 0) for r in results) >= 1:
             return metric
     return "dev_loss"
 
