@@ -95,12 +95,11 @@ def main() -> int:
     results["decode_greedy"] = measure("decode", "--impl", "seq2seq", *decode)
     results["decode_beam5"] = measure("decode", "--impl", "seq2seq", *decode, "--beam", "5")
     if not args.no_tensorflow:
-        tf_decode = decode
         few = ["--sentences", "20" if quick else "100"]
-        results["tf_decode_textbook"] = measure("decode", "--impl", "textbook", *tf_decode, *few, backend="tensorflow")
-        results["tf_decode_greedy"] = measure("decode", "--impl", "seq2seq", *tf_decode, backend="tensorflow")
+        results["tf_decode_textbook"] = measure("decode", "--impl", "textbook", *decode, *few, backend="tensorflow")
+        results["tf_decode_greedy"] = measure("decode", "--impl", "seq2seq", *decode, backend="tensorflow")
         results["tf_decode_beam5"] = measure(
-            "decode", "--impl", "seq2seq", *tf_decode, "--beam", "5", backend="tensorflow"
+            "decode", "--impl", "seq2seq", *decode, "--beam", "5", backend="tensorflow"
         )
 
     quality = ["--pairs", "1000" if quick else "10000", "--minutes", "1" if quick else str(args.quality_minutes)]

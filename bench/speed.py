@@ -93,10 +93,6 @@ def measure_peak(args) -> None:
     report(measurement="matmul peak", gflops=round(best / 1e9, 1))
 
 
-def _text_stats(train):
-    return sum(len(p.source) for p in train), sum(len(p.target) + 1 for p in train)
-
-
 def measure_train(args) -> None:
     """Steady-state training throughput: one untimed pass over the measured batches (the
     backend compiles), then `--epochs` timed passes over the same batches."""
@@ -168,12 +164,12 @@ def _train_textbook(train, args) -> dict:
 
 def _seq2seq_system(train, level: str, **settings):
     from seq2seq.api import Seq2Seq
-    from seq2seq.config import TEXTBOOK, Config
+    from seq2seq.config import Config
     from seq2seq.model import build_model
     from seq2seq.training import compile_model, fit_codecs
 
     # The textbook's model (one-hot inputs, no attention), so both sides do the same work.
-    config = Config(**{**TEXTBOOK, "level": level, "latent_dim": LATENT, "batch_size": BATCH, **settings})
+    config = Config.textbook(**{"level": level, "latent_dim": LATENT, "batch_size": BATCH, **settings})
     source, target = fit_codecs(config, train)
     model = build_model(config, len(source), len(target))
     compile_model(model, config)

@@ -10,15 +10,9 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import pytest
 
 from seq2seq import Config, Seq2Seq
-from seq2seq.config import TEXTBOOK
 from seq2seq.training import train
 
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "spa-eng" / "spa.txt"
-
-
-def textbook(**settings) -> Config:
-    """The textbook's settings (small, fast, one-hot characters) with `settings` over them."""
-    return Config(**{**TEXTBOOK, **settings})
 
 
 # Reversing short strings: learnable to 100% held-out exact match in about 15 s.
@@ -30,7 +24,7 @@ REVERSE_SETTINGS = dict(
 @pytest.fixture(scope="session")
 def reverse_model_dir(tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("reverse") / "model"
-    train(textbook(**REVERSE_SETTINGS), model_dir, verbose=0)
+    train(Config.textbook(**REVERSE_SETTINGS), model_dir, verbose=0)
     return model_dir
 
 

@@ -13,13 +13,12 @@ SCRIPT = textwrap.dedent(
     import sys
     import jax
     from seq2seq import Config
-    from seq2seq.config import TEXTBOOK
     from seq2seq.training import train
 
     assert len(jax.devices()) == 2, jax.devices()
     settings = dict(data="builtin:reverse", num_samples=600, epochs=3, latent_dim=32, batch_size=32,
                     input="embedding", attention="luong", dev_bleu_sentences=0, seed=5)
-    train(Config(**{**TEXTBOOK, **settings}, data_parallel=sys.argv[2] == "parallel"), sys.argv[1], verbose=0)
+    train(Config.textbook(**settings, data_parallel=sys.argv[2] == "parallel"), sys.argv[1], verbose=0)
     """
 )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from seq2seq.config import TEXTBOOK, Config
+from seq2seq.config import Config
 from seq2seq.decoding import (
     BeamSearchDecoder,
     DecodingOptions,
@@ -26,7 +26,7 @@ def _model(attention: str, seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     settings = dict(latent_dim=16, embedding_dim=8, input="embedding", attention=attention, bidirectional=True)
-    config = Config(**{**TEXTBOOK, **settings})
+    config = Config.textbook(**settings)
     model = build_model(config, SOURCE_VOCAB, TARGET_VOCAB)
     # larger output weights: peaked distributions, so <end> comes and beams differ
     output = model.get_layer("output_projection")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from seq2seq.config import TEXTBOOK, Config
+from seq2seq.config import Config
 from seq2seq.layers import OneHot
 from seq2seq.losses import MaskedAccuracy, MaskedCrossEntropy
 from seq2seq.model import build_model, inference_parts
@@ -27,7 +27,7 @@ VARIANTS = [
 
 
 def _config(**settings) -> Config:
-    return Config(**{**TEXTBOOK, "latent_dim": 16, "embedding_dim": 8, **settings})
+    return Config.textbook(**{"latent_dim": 16, "embedding_dim": 8, **settings})
 
 
 def _ids(seed=0):

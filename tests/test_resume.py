@@ -22,7 +22,6 @@ TRAIN = textwrap.dedent(
     import os, signal, sys
     import keras
     from seq2seq import Config
-    from seq2seq.config import TEXTBOOK
     from seq2seq.training import train
 
     class KillAfterEpoch(keras.callbacks.Callback):
@@ -35,7 +34,7 @@ TRAIN = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, as a crash or a kill -9
 
     kill_after = int(sys.argv[2])
-    config = Config(**{{**TEXTBOOK, **dict({SETTINGS})}})
+    config = Config.textbook({SETTINGS})
     train(config, sys.argv[1], verbose=0, callbacks=[KillAfterEpoch(kill_after)] if kill_after else [])
     """
 )

@@ -8,11 +8,11 @@ import re
 import pytest
 
 from seq2seq.cli import main
-from seq2seq.config import TEXTBOOK, Config, ConfigError
+from seq2seq.config import Config, ConfigError
 from seq2seq.report import knob_effects, summary
 from seq2seq.sweep import grid, parse_axes, point_name, run_sweep
 
-BASE = {**TEXTBOOK, "batch_size": 32} | dict(data="builtin:reverse", epochs=2, dev_bleu_sentences=30, seed=2)
+BASE = dict(data="builtin:reverse", epochs=2, batch_size=32, dev_bleu_sentences=30, seed=2)  # the textbook model
 
 
 def test_grid_and_names():
@@ -32,7 +32,7 @@ def test_grid_and_names():
 
 def test_sweep_runs_every_point_once_and_resumes(tmp_path, capsys):
     axes = {"num_samples": [300, 600], "latent_dim": [8, 16]}
-    results = run_sweep(Config(**BASE), axes, tmp_path, verbose=0)
+    results = run_sweep(Config.textbook(**BASE), axes, tmp_path, verbose=0)
     assert [r["point"] for r in results] == ["n300-h8", "n300-h16", "n600-h8", "n600-h16"]
     for r in results:
         assert r["epochs"] == 2 and r["training_seconds"] > 0 and r["dev_loss"] > 0
@@ -46,12 +46,12 @@ def test_sweep_runs_every_point_once_and_resumes(tmp_path, capsys):
     assert len(csv_lines) == 5 and csv_lines[0].startswith("point,num_samples,latent_dim")
 
     capsys.readouterr()
-    again = run_sweep(Config(**BASE), axes, tmp_path, verbose=0)
+    again = run_sweep(Config.textbook(**BASE), axes, tmp_path, verbose=0)
     assert again == results
     assert capsys.readouterr().err.count("done already") == 4
 
     with pytest.raises(ConfigError, match="different sweep"):
-        run_sweep(Config(**BASE), {"num_samples": [300, 900]}, tmp_path, verbose=0)
+        run_sweep(Config.textbook(**BASE), {"num_samples": [300, 900]}, tmp_path, verbose=0)
 
 
 def test_report_names_and_shows_every_plot(tmp_path):

@@ -16,14 +16,13 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     from seq2seq import Config, Seq2Seq
-    from seq2seq.config import TEXTBOOK
     from seq2seq.decoding import stepwise_greedy
     from seq2seq.training import train
     import keras
     assert keras.backend.backend() == "tensorflow", keras.backend.backend()
     model_dir = sys.argv[1]
     settings = dict(data="builtin:reverse", num_samples=600, epochs=2, latent_dim=16)
-    system = train(Config(**{**TEXTBOOK, **settings}), model_dir, verbose=0)
+    system = train(Config.textbook(**settings), model_dir, verbose=0)
     loaded = Seq2Seq.load(model_dir)
     sources = ["abc", "hgfe", "aabbccdd", "a"]
     ids = loaded.encode(sources)
@@ -38,12 +37,11 @@ ATTENTION_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from seq2seq import Config, Seq2Seq
-    from seq2seq.config import TEXTBOOK
     from seq2seq.decoding import DecodingOptions, stepwise_greedy
     from seq2seq.training import train
     settings = dict(data="builtin:reverse", num_samples=600, epochs=2, latent_dim=16, input="embedding",
                     embedding_dim=8, attention="bahdanau", bidirectional=True, layers=2, dropout=0.1)
-    config = Config(**{**TEXTBOOK, **settings})
+    config = Config.textbook(**settings)
     system = train(config, sys.argv[1], verbose=0)
     loaded = Seq2Seq.load(sys.argv[1])
     ids = loaded.encode(["abc", "hgfe", "aabbccdd"])

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from seq2seq import Seq2Seq
+from seq2seq import Config, Seq2Seq
 from seq2seq.api import HISTORY_FILE
 from seq2seq.data import Split
 from seq2seq.decoding import DecodingOptions, stepwise_greedy
 from seq2seq.training import ModelDirExistsError, train
 
-from .conftest import REVERSE_SETTINGS, textbook
+from .conftest import REVERSE_SETTINGS
 
 
 def test_learns_to_reverse_held_out_strings(reverse_model, reverse_model_dir):
@@ -68,13 +68,13 @@ def test_generation_stops_at_max_length(reverse_model):
 
 def test_refuses_to_overwrite_a_model(reverse_model_dir):
     with pytest.raises(ModelDirExistsError, match="--overwrite"):
-        train(textbook(**REVERSE_SETTINGS), reverse_model_dir, verbose=0)
+        train(Config.textbook(**REVERSE_SETTINGS), reverse_model_dir, verbose=0)
 
 
 def test_linear_learning_rate_decay_is_applied(tmp_path):
     settings = dict(data="builtin:reverse", num_samples=300, epochs=3, latent_dim=8, dev_bleu_sentences=0, seed=4)
-    train(textbook(**settings, lr_decay="linear"), tmp_path / "decay", verbose=0)
-    train(textbook(**settings), tmp_path / "constant", verbose=0)
+    train(Config.textbook(**settings, lr_decay="linear"), tmp_path / "decay", verbose=0)
+    train(Config.textbook(**settings), tmp_path / "constant", verbose=0)
 
     def history(name):
         with (tmp_path / name / HISTORY_FILE).open() as f:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .config import TEXTBOOK, Config, ConfigError, setting_types
+from .config import Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
 from .sweep import parse_axes
@@ -101,10 +101,11 @@ def _config_names() -> set[str]:
     return {f.name for f in dataclasses.fields(Config)} - INTERNAL_FIELDS
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The settings given on the command line, over the textbook's with --textbook."""
-    given = {name: getattr(args, name) for name in _config_names() if getattr(args, name) is not None}
-    return Config(**{**(TEXTBOOK if getattr(args, "textbook", False) else {}), **given})
+def config_from_args(args: argparse.Namespace, given: dict | None = None) -> Config:
+    """The settings given on the command line (or `given`), over the textbook's with --textbook."""
+    if given is None:
+        given = {name: getattr(args, name) for name in _config_names() if getattr(args, name) is not None}
+    return (Config.textbook if getattr(args, "textbook", False) else Config)(**given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,8 +303,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("a sweep needs at least one knob with several values, e.g. --latent-dim 64,256")
     budget = single.pop("time_budget", None)
     verbose = 2 if args.quiet or not sys.stdout.isatty() else 1
-    base = Config(**{**(TEXTBOOK if args.textbook else {}), **single})
-    results = sweep(base, axes, args.model_dir, time_budget=budget, verbose=verbose)
+    results = sweep(config_from_args(args, single), axes, args.model_dir, time_budget=budget, verbose=verbose)
     print(f"{len(results)} points done; results in {args.model_dir}/results.csv, report {write_report(args.model_dir)}")
     return 0
 

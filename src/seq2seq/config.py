@@ -152,6 +152,11 @@ class Config:
             if not 0 <= value < 0.5:
                 raise ConfigError(f"{name} must be in [0, 0.5), got {value}")
 
+    @classmethod
+    def textbook(cls, **settings: Any) -> Config:
+        """The textbook's settings (`TEXTBOOK`) with `settings` over them."""
+        return cls(**{**TEXTBOOK, **settings})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
