@@ -14,6 +14,7 @@ training pairs and ~1,000 held-out pairs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import resource
@@ -76,21 +77,31 @@ def training_flops(source_tokens: int, target_tokens: int, target_vocab: int, un
 # --- measurements ---------------------------------------------------------------------
 
 
-def measure_peak(args) -> None:
-    """float32 matrix-multiply throughput of this machine, best of several runs."""
+def matmul_gflops(dtype: str) -> float:
+    """Best square matrix-multiply throughput of this machine in `dtype`, as JAX/XLA runs it."""
     import jax
     import jax.numpy as jnp
 
     best = 0.0
+    multiply = jax.jit(lambda x, y: x @ y)
     for n in (1024, 2048, 4096):
-        a = jnp.ones((n, n), jnp.float32)
-        multiply = jax.jit(lambda x, y: x @ y)
+        a = jnp.ones((n, n), dtype)
         multiply(a, a).block_until_ready()
         for _ in range(5):
             start = time.perf_counter()
             multiply(a, a).block_until_ready()
             best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    report(measurement="matmul peak", gflops=round(best / 1e9, 1))
+    return best / 1e9
+
+
+def measure_peak(args) -> None:
+    """The float32 matrix-multiply peak (the reference for useful FLOP/s), and bfloat16's
+    for comparison (AVX-512 BF16 CPUs can run it at twice the rate, if the compiler does)."""
+    report(
+        measurement="matmul peak",
+        gflops=round(matmul_gflops("float32"), 1),
+        bfloat16_gflops=round(matmul_gflops("bfloat16"), 1),
+    )
 
 
 def measure_train(args) -> None:
@@ -177,11 +188,21 @@ def _seq2seq_system(train, level: str, **settings):
 
 
 def _train_seq2seq(train, args) -> dict:
+    import keras
+
+    from seq2seq import backend
     from seq2seq.batches import PairBatches
 
-    system = _seq2seq_system(train, args.level)
+    keras.config.set_dtype_policy(args.dtype_policy)  # e.g. mixed_bfloat16: bf16 compute, float32 weights
+    scope, devices = contextlib.nullcontext(), 1
+    if args.data_parallel:  # each batch split across the local devices (XLA_FLAGS makes CPU ones)
+        scope, devices = backend.use_all_devices()
+    with scope:
+        system = _seq2seq_system(train, args.level)
     measured = train if args.batches is None else train[: args.batches * BATCH]
-    batches = PairBatches.from_pairs(system.source, system.target, measured, batch_size=BATCH, shuffle=False)
+    batches = PairBatches.from_pairs(
+        system.source, system.target, measured, batch_size=BATCH, shuffle=False, row_multiple=devices
+    )
     started = time.perf_counter()
     system.model.fit(batches, epochs=1, verbose=0, shuffle=False)
     first = time.perf_counter() - started
@@ -196,6 +217,8 @@ def _train_seq2seq(train, args) -> dict:
         batches=len(batches),
         source_vocab=len(system.source),
         target_vocab=len(system.target),
+        devices=devices,
+        dtype_policy=args.dtype_policy,
         padding_share=round(1 - target_tokens / padded, 3),
         first_epoch_seconds=round(first, 2),
         epoch_seconds=round(seconds, 3),
@@ -207,7 +230,9 @@ def _train_seq2seq(train, args) -> dict:
 def measure_decode(args) -> None:
     """Sentences per second on the held-out inputs, after training `--train-epochs` epochs
     (so outputs end as a trained model's do). The textbook: one predict() per step, batch
-    of one; seq2seq: batched, compiled, greedy or beam search (timed on a second pass)."""
+    of one; seq2seq: batched, compiled, greedy or beam search (timed on a second pass).
+    With `--trained DIR`, the models trained by a first measurement (on any backend) are
+    saved there and loaded by the next ones, so every backend decodes the same model."""
     train, held_out = bench_split(args.pairs)
     sources = [p.source for p in held_out][: args.sentences]
     if args.impl == "textbook":
@@ -218,10 +243,19 @@ def measure_decode(args) -> None:
 
 
 def _decode_textbook(train, sources, args) -> dict:
+    import keras
+
     textbook = load_textbook()
     data = textbook.vectorize([(p.source, p.target) for p in train], "char")
-    model = textbook.build_model(data.num_encoder_tokens, data.num_decoder_tokens, LATENT)
-    textbook.train(model, data, batch_size=BATCH, epochs=args.train_epochs, validation_split=0.0, verbose=0)
+    saved = Path(args.trained) / "textbook.keras" if args.trained else None
+    if saved and saved.is_file():
+        model = keras.saving.load_model(saved, safe_mode=True)
+    else:
+        model = textbook.build_model(data.num_encoder_tokens, data.num_decoder_tokens, LATENT)
+        textbook.train(model, data, batch_size=BATCH, epochs=args.train_epochs, validation_split=0.0, verbose=0)
+        if saved:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            model.save(saved)
     encoder, decoder = textbook.inference_models(model, LATENT)
     inputs = textbook.encode_inputs(sources, data)
     textbook.decode_sequence(inputs[:1], encoder, decoder, data)  # first call builds the predict functions
@@ -237,12 +271,19 @@ def _decode_textbook(train, sources, args) -> dict:
 
 
 def _decode_seq2seq(train, sources, args) -> dict:
+    from seq2seq.api import Seq2Seq
     from seq2seq.batches import PairBatches
     from seq2seq.decoding import DecodingOptions
 
-    system = _seq2seq_system(train, "char")
-    batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
-    system.model.fit(batches, epochs=args.train_epochs, verbose=0, shuffle=False)
+    saved = Path(args.trained) / "seq2seq" if args.trained else None
+    if saved and (saved / "model.keras").is_file():
+        system = Seq2Seq.load(saved)
+    else:
+        system = _seq2seq_system(train, "char")
+        batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
+        system.model.fit(batches, epochs=args.train_epochs, verbose=0, shuffle=False)
+        if saved:
+            system.save(saved)
     options = DecodingOptions(beam=args.beam, batch_size=args.decode_batch)
     source_ids = system.encode(sources)
     started = time.perf_counter()
@@ -290,12 +331,17 @@ def measure_quality_time(args) -> None:
             if trained > args.minutes * 60:
                 break
     else:
+        from seq2seq import backend
         from seq2seq.batches import PairBatches
 
-        system = _seq2seq_system(
-            train, "char", input="embedding", attention="luong", bidirectional=True, learning_rate=3e-3
-        )
-        batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
+        scope, devices = contextlib.nullcontext(), 1
+        if args.data_parallel:
+            scope, devices = backend.use_all_devices()
+        with scope:
+            system = _seq2seq_system(
+                train, "char", input="embedding", attention="luong", bidirectional=True, learning_rate=3e-3
+            )
+        batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH, row_multiple=devices)
         for epoch in range(args.epochs):
             started = time.perf_counter()
             system.model.fit(batches, epochs=1, verbose=0, shuffle=False)
@@ -305,7 +351,14 @@ def measure_quality_time(args) -> None:
             curve.append((epoch + 1, round(trained, 2), round(chrf, 2)))
             if (args.target is not None and chrf >= args.target) or trained > args.minutes * 60:
                 break
-    report(measurement="quality-time", impl=args.impl, pairs=len(train), dev=len(dev), curve=curve)
+    report(
+        measurement="quality-time",
+        impl=args.impl,
+        pairs=len(train),
+        dev=len(dev),
+        data_parallel=args.data_parallel,
+        curve=curve,
+    )
 
 
 def main() -> None:
@@ -316,9 +369,16 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10_000)
     parser.add_argument("--batches", type=int, help="measure on the first K batches only")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes (train) or most epochs (quality-time)")
+    parser.add_argument(
+        "--data-parallel", action="store_true", help="train, quality-time: split batches across local devices"
+    )
+    parser.add_argument("--dtype-policy", default="float32", help="train (seq2seq): Keras dtype policy")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)
     parser.add_argument("--train-epochs", type=int, default=5, help="training before decoding")
+    parser.add_argument(
+        "--trained", help="decode: directory of the trained models (trained and saved there if missing)"
+    )
     parser.add_argument("--decode-batch", type=int, default=256)
     parser.add_argument("--dev", type=int, default=200)
     parser.add_argument("--minutes", type=float, default=15)
