@@ -64,13 +64,13 @@ def run(name: str, train_model: bool = True) -> None:
     direction, configuration = name.split("/")
     arguments, minutes = CONFIGURATIONS[configuration]
     model_dir = RUNS / direction / configuration
-    train = (
-        f"train --data {CORPUS} {DIRECTIONS[direction]} {arguments} {COMMON} "
-        f"--time-budget {minutes} --model-dir {model_dir} --overwrite --quiet"
-    )
+    options = shlex.split(f"{DIRECTIONS[direction]} {arguments} {COMMON}")
+    command = ["train", "--data", str(CORPUS), *options, "--time-budget", str(minutes)]
+    command += ["--model-dir", str(model_dir), "--overwrite", "--quiet"]
+    train = shlex.join(command)
     started = time.time()
     if train_model:
-        seq2seq(*shlex.split(train))
+        seq2seq(*command)
     history = [json.loads(line) for line in _history_as_json(model_dir / "history.csv")]
     for beam in (1, BEAM):
         output = model_dir / f"evaluation-beam{beam}.json"
