@@ -115,6 +115,9 @@ def main() -> int:
         xla_flags="--xla_cpu_multi_thread_eigen=false",
         optional=True,
     )
+    results["train_char_seq2seq_unroll8"] = measure(
+        "train", "--impl", "seq2seq", *char, "--scan-unroll", "8", optional=True
+    )
     results["train_char_seq2seq_bf16"] = measure(
         "train", "--impl", "seq2seq", *char, "--dtype-policy", "mixed_bfloat16", optional=True
     )
@@ -205,6 +208,8 @@ def table(r: dict, textbook_best: list, reached: list | None) -> str:
             r["train_char_seq2seq_2dev_1thread"],
             speed,
         )
+    if "train_char_seq2seq_unroll8" in r:
+        compare("the same, one device, 8 timesteps per loop iteration", tc, r["train_char_seq2seq_unroll8"], speed)
     if "train_char_seq2seq_bf16" in r:
         compare("the same, one device, mixed bfloat16", tc, r["train_char_seq2seq_bf16"], speed)
     arrays = f"{r['word_sample']['textbook_array_mb']:,} MB"

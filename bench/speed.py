@@ -188,6 +188,18 @@ def _seq2seq_system(train, level: str, **settings):
     return Seq2Seq(config, source, target, model)
 
 
+def unroll_recurrent_loops(steps: int) -> None:
+    """An experiment, before building it into the model: make Keras's JAX RNN loop run
+    `steps` timesteps per iteration (`lax.scan(unroll=steps)`), which Keras does not expose."""
+    import functools
+    import types
+
+    import jax
+    from keras.src.backend.jax import rnn
+
+    rnn.lax = types.SimpleNamespace(**{**vars(jax.lax), "scan": functools.partial(jax.lax.scan, unroll=steps)})
+
+
 def _train_seq2seq(train, args) -> dict:
     import keras
 
@@ -195,6 +207,8 @@ def _train_seq2seq(train, args) -> dict:
     from seq2seq.batches import PairBatches
 
     keras.config.set_dtype_policy(args.dtype_policy)  # e.g. mixed_bfloat16: bf16 compute, float32 weights
+    if args.scan_unroll > 1:
+        unroll_recurrent_loops(args.scan_unroll)
     scope, devices = contextlib.nullcontext(), 1
     if args.data_parallel:  # each batch split across the local devices (XLA_FLAGS makes CPU ones)
         scope, devices = backend.use_all_devices()
@@ -220,6 +234,7 @@ def _train_seq2seq(train, args) -> dict:
         target_vocab=len(system.target),
         devices=devices,
         dtype_policy=args.dtype_policy,
+        scan_unroll=args.scan_unroll,
         padding_share=round(1 - target_tokens / padded, 3),
         first_epoch_seconds=round(first, 2),
         epoch_seconds=round(seconds, 3),
@@ -374,6 +389,7 @@ def main() -> None:
         "--data-parallel", action="store_true", help="train, quality-time: split batches across local devices"
     )
     parser.add_argument("--dtype-policy", default="float32", help="train (seq2seq): Keras dtype policy")
+    parser.add_argument("--scan-unroll", type=int, default=1, help="train (seq2seq, JAX): timesteps per loop iteration")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)
     parser.add_argument("--train-epochs", type=int, default=5, help="training before decoding")
