@@ -138,7 +138,7 @@ def main() -> int:
     results["decode_greedy"] = measure("decode", "--impl", "seq2seq", *decode)
     results["decode_beam5"] = measure("decode", "--impl", "seq2seq", *decode, "--beam", "5")
     if not args.no_tensorflow:
-        few = ["--sentences", "20" if quick else "100"]
+        few = ["--sentences", "20" if quick else "50"]
         results["tf_decode_textbook"] = measure(
             "decode", "--impl", "textbook", *decode, *few, backend="tensorflow", optional=True
         )
