@@ -137,3 +137,24 @@ def test_train_and_decode(pairs, level):
     assert isinstance(decoded, str)
     decoded = textbook.decode_sequence(textbook.encode_inputs(["red cat."], data), encoder_model, decoder_model, data)
     assert isinstance(decoded, str)
+
+
+def test_weights_move_to_a_fresh_model_and_decode_the_same(pairs, tmp_path):
+    """How bench/speed.py hands a trained textbook model to another process (another
+    backend): weights into a freshly built model, whose sampling models then decode the
+    same. (Loading the whole .keras model instead broke the recipe's rebuild: its new
+    inputs' generated names clashed with the loaded ones.)"""
+    data = textbook.vectorize(pairs, "char")
+    trained = textbook.build_model(data.num_encoder_tokens, data.num_decoder_tokens, latent_dim=32)
+    textbook.train(trained, data, batch_size=32, epochs=1, verbose=0)
+    trained.save_weights(tmp_path / "textbook.weights.h5")
+    fresh = textbook.build_model(data.num_encoder_tokens, data.num_decoder_tokens, latent_dim=32)
+    fresh.load_weights(tmp_path / "textbook.weights.h5")
+    inputs = data.encoder_input_data[:3]
+    outputs = []
+    for model in (trained, fresh):
+        encoder_model, decoder_model = textbook.inference_models(model, latent_dim=32)
+        outputs.append(
+            [textbook.decode_sequence(inputs[i : i + 1], encoder_model, decoder_model, data) for i in range(3)]
+        )
+    assert outputs[0] == outputs[1]
