@@ -14,7 +14,6 @@ training pairs and ~1,000 held-out pairs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import resource
@@ -175,17 +174,21 @@ def _train_textbook(train, args) -> dict:
 
 
 def _seq2seq_system(train, level: str, **settings):
+    """The textbook's model (one-hot inputs, no attention), so both sides do the same work,
+    with `settings` over it; built on all local devices with `data_parallel=True`.
+    Returns (system, number of devices)."""
     from seq2seq.api import Seq2Seq
     from seq2seq.config import Config
     from seq2seq.model import build_model
-    from seq2seq.training import compile_model, fit_codecs
+    from seq2seq.training import compile_model, devices_for, fit_codecs
 
-    # The textbook's model (one-hot inputs, no attention), so both sides do the same work.
     config = Config.textbook(**{"level": level, "latent_dim": LATENT, "batch_size": BATCH, **settings})
     source, target = fit_codecs(config, train)
-    model = build_model(config, len(source), len(target))
-    compile_model(model, config)
-    return Seq2Seq(config, source, target, model)
+    scope, devices = devices_for(config)
+    with scope:
+        model = build_model(config, len(source), len(target))
+        compile_model(model, config)
+    return Seq2Seq(config, source, target, model), devices
 
 
 def unroll_recurrent_loops(steps: int) -> None:
@@ -203,17 +206,13 @@ def unroll_recurrent_loops(steps: int) -> None:
 def _train_seq2seq(train, args) -> dict:
     import keras
 
-    from seq2seq import backend
     from seq2seq.batches import PairBatches
 
     keras.config.set_dtype_policy(args.dtype_policy)  # e.g. mixed_bfloat16: bf16 compute, float32 weights
     if args.scan_unroll > 1:
         unroll_recurrent_loops(args.scan_unroll)
-    scope, devices = contextlib.nullcontext(), 1
-    if args.data_parallel:  # each batch split across the local devices (XLA_FLAGS makes CPU ones)
-        scope, devices = backend.use_all_devices()
-    with scope:
-        system = _seq2seq_system(train, args.level)
+    # with --data-parallel each batch is split across the local devices (XLA_FLAGS makes CPU ones)
+    system, devices = _seq2seq_system(train, args.level, data_parallel=args.data_parallel)
     measured = train if args.batches is None else train[: args.batches * BATCH]
     batches = PairBatches.from_pairs(
         system.source, system.target, measured, batch_size=BATCH, shuffle=False, row_multiple=devices
@@ -259,7 +258,6 @@ def measure_decode(args) -> None:
 
 
 def _decode_textbook(train, sources, args) -> dict:
-
     textbook = load_textbook()
     data = textbook.vectorize([(p.source, p.target) for p in train], "char")
     # Weights only: the recipe rebuilds its sampling models from fresh keras.Input layers,
@@ -296,7 +294,7 @@ def _decode_seq2seq(train, sources, args) -> dict:
     if saved and (saved / "model.keras").is_file():
         system = Seq2Seq.load(saved)
     else:
-        system = _seq2seq_system(train, "char")
+        system, _ = _seq2seq_system(train, "char")
         batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
         system.model.fit(batches, epochs=args.train_epochs, verbose=0, shuffle=False)
         if saved:
@@ -348,17 +346,12 @@ def measure_quality_time(args) -> None:
             if trained > args.minutes * 60:
                 break
     else:
-        from seq2seq import backend
         from seq2seq.batches import PairBatches
 
-        scope, devices = contextlib.nullcontext(), 1
-        if args.data_parallel:
-            scope, devices = backend.use_all_devices()
-        with scope:
-            system = _seq2seq_system(
-                train, "char", input="embedding", attention="luong", bidirectional=True, learning_rate=3e-3
-            )
-        batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH, row_multiple=devices)
+        system, _ = _seq2seq_system(
+            train, "char", input="embedding", attention="luong", bidirectional=True, learning_rate=3e-3
+        )
+        batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
         for epoch in range(args.epochs):
             started = time.perf_counter()
             system.model.fit(batches, epochs=1, verbose=0, shuffle=False)
@@ -368,14 +361,7 @@ def measure_quality_time(args) -> None:
             curve.append((epoch + 1, round(trained, 2), round(chrf, 2)))
             if (args.target is not None and chrf >= args.target) or trained > args.minutes * 60:
                 break
-    report(
-        measurement="quality-time",
-        impl=args.impl,
-        pairs=len(train),
-        dev=len(dev),
-        data_parallel=args.data_parallel,
-        curve=curve,
-    )
+    report(measurement="quality-time", impl=args.impl, pairs=len(train), dev=len(dev), curve=curve)
 
 
 def main() -> None:
@@ -386,9 +372,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10_000)
     parser.add_argument("--batches", type=int, help="measure on the first K batches only")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes (train) or most epochs (quality-time)")
-    parser.add_argument(
-        "--data-parallel", action="store_true", help="train, quality-time: split batches across local devices"
-    )
+    parser.add_argument("--data-parallel", action="store_true", help="train: split batches across local devices")
     parser.add_argument("--dtype-policy", default="float32", help="train (seq2seq): Keras dtype policy")
     parser.add_argument("--scan-unroll", type=int, default=1, help="train (seq2seq, JAX): timesteps per loop iteration")
     parser.add_argument("--beam", type=int, default=1)
