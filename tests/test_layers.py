@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 from keras import layers, ops
 
-from seq2seq.layers import OneHot, ProjectedLSTMCell, TokenProjection
+from seq2seq.layers import OneHot, ProjectedLSTM, ProjectedLSTMCell, TokenProjection
 
 VOCAB, UNITS = 11, 6
 
@@ -64,3 +65,58 @@ def test_initialisation_matches_keras_lstm_cell():
     u = ops.convert_to_numpy(cell.recurrent_kernel)
     assert u.shape == (UNITS, 4 * UNITS)
     np.testing.assert_allclose(u @ u.T, np.eye(UNITS), atol=1e-5)  # orthogonal rows
+
+
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_jax_recurrence_matches_keras_loop_in_values_and_gradients(go_backwards, matmul_dtype):
+    """`ProjectedLSTM` runs recurrence.lstm when training on JAX: its outputs, final states
+    and the gradients of all five inputs equal Keras's own loop over the same cell (JAX
+    differentiates that one), padding (masked steps) included. With bfloat16 products the
+    hand-written backward pass rounds its operands too, so gradients agree to ~1%."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the hand-written loop is JAX's")
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(2)
+    batch, steps = 5, 7
+    x = jnp.asarray(rng.normal(size=(batch, steps, 4 * UNITS)), "float32")
+    h0, c0 = (jnp.asarray(rng.normal(size=(batch, UNITS)), "float32") for _ in range(2))
+    mask = np.ones((batch, steps), bool)
+    mask[1, 4:] = False
+    mask[2, 1:] = False
+    mask = jnp.asarray(mask)
+    keras_loop = layers.RNN(
+        ProjectedLSTMCell(UNITS), return_sequences=True, return_state=True, go_backwards=go_backwards
+    )
+    ours = ProjectedLSTM(UNITS, return_sequences=True, return_state=True, go_backwards=go_backwards)
+    keras_loop(x, initial_state=[h0, c0], mask=mask)
+    ours(x, initial_state=[h0, c0], mask=mask)
+    weights = [jnp.asarray(rng.normal(scale=0.5, size=w.shape), "float32") for w in keras_loop.weights]
+    weights_per_output = [
+        jnp.asarray(rng.normal(size=(batch, *shape)), "float32") for shape in [(steps, UNITS), (UNITS,), (UNITS,)]
+    ]
+
+    def loss(layer):
+        def weighted_sum(x, recurrent_kernel, bias, h0, c0):
+            outputs, _ = layer.stateless_call(
+                [recurrent_kernel, bias], [], x, initial_state=[h0, c0], mask=mask, training=True
+            )
+            return sum(jnp.sum(o * w) for o, w in zip(outputs, weights_per_output, strict=True))
+
+        return weighted_sum
+
+    arguments = (x, *weights, h0, c0)
+    expected_value, expected_grads = jax.value_and_grad(loss(keras_loop), argnums=range(5))(*arguments)
+    value, grads = jax.jit(jax.value_and_grad(loss(ours), argnums=range(5)))(*arguments)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    for name, expected, actual in zip(["x", "U", "b", "h0", "c0"], expected_grads, grads, strict=True):
+        tolerance = 1e-5 if matmul_dtype == "float32" else 0.02 * float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(actual, expected, atol=tolerance, err_msg=name)
+    if matmul_dtype == "bfloat16":  # the products really were rounded: not float32's result
+        float32 = ProjectedLSTM(UNITS, return_sequences=True, return_state=True, go_backwards=go_backwards)
+        float32(x, initial_state=[h0, c0], mask=mask)
+        float32_value = loss(float32)(*arguments)
+        assert float32_value != value
+        np.testing.assert_allclose(value, float32_value, rtol=0.02)

@@ -54,13 +54,24 @@ class AttentionDecoder(layers.Layer):
     Decoding one step is calling it on one timestep (T = 1) with the state so far.
     """
 
-    def __init__(self, units: int, num_layers: int, kind: str, dropout: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        units: int,
+        num_layers: int,
+        kind: str,
+        dropout: float = 0.0,
+        matmul_dtype: str = "float32",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.units = units
         self.num_layers = num_layers
         self.kind = kind
         self.dropout = dropout
-        self.cells = [ProjectedLSTMCell(units, name=f"cell_{i + 1}") for i in range(num_layers)]
+        self.matmul_dtype = matmul_dtype
+        self.cells = [
+            ProjectedLSTMCell(units, matmul_dtype=matmul_dtype, name=f"cell_{i + 1}") for i in range(num_layers)
+        ]
         # input of layers 2..N: the layer below's h, projected
         self.layer_inputs = [
             layers.Dense(4 * units, use_bias=False, name=f"input_{i + 2}") for i in range(num_layers - 1)
@@ -173,4 +184,5 @@ class AttentionDecoder(layers.Layer):
             "num_layers": self.num_layers,
             "kind": self.kind,
             "dropout": self.dropout,
+            "matmul_dtype": self.matmul_dtype,
         }

@@ -16,6 +16,7 @@ ATTENTIONS = ("none", "luong", "luong-dot", "bahdanau")
 SUBWORD_MODELS = ("unigram", "bpe")
 STOP_METRICS = ("bleu", "chrf", "loss")
 LR_DECAYS = ("none", "linear")
+MATMUL_DTYPES = ("float32", "bfloat16")
 
 
 # The textbook's model and settings (`seq2seq train --textbook`): characters as one-hot
@@ -82,6 +83,7 @@ class Config:
     attention: str = "luong"
     dropout: float = 0.3
     tie_embeddings: bool = True
+    recurrent_matmul: str = "float32"
     # training
     epochs: int = 30
     batch_size: int = 64
@@ -112,6 +114,7 @@ class Config:
         _choice("subword_model", self.subword_model, SUBWORD_MODELS)
         _choice("stop_metric", self.stop_metric, STOP_METRICS)
         _choice("lr_decay", self.lr_decay, LR_DECAYS)
+        _choice("recurrent_matmul", self.recurrent_matmul, MATMUL_DTYPES)
         _positive("layers", self.layers)
         _positive("vocab_size", self.vocab_size)
         for name in ("dropout", "label_smoothing"):

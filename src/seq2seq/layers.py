@@ -64,6 +64,8 @@ class TokenProjection(layers.Layer):
         self.kernel = self.add_weight(shape=(self.vocab_size, self.units), initializer="glorot_uniform", name="kernel")
 
     def call(self, ids):
+        if keras.backend.backend() == "jax":  # no bounds-check select around the gather (it was 10% of a step)
+            return self.kernel.value.at[ops.cast(ids, "int32")].get(mode="promise_in_bounds")
         return ops.take(self.kernel, ops.cast(ids, "int32"), axis=0)
 
     def compute_mask(self, ids, mask=None):
@@ -87,12 +89,14 @@ class ProjectedLSTMCell(layers.Layer):
 
     inputs: x_t @ W, (B, 4H); states: [h, c], each (B, H) -> h_t (B, H), [h_t, c_t].
     Holds U and b, initialised as Keras's LSTMCell initialises them (orthogonal U, forget
-    gate bias 1).
+    gate bias 1). With `matmul_dtype="bfloat16"`, h @ U multiplies bfloat16 operands and
+    sums in float32 (on JAX; other backends keep float32).
     """
 
-    def __init__(self, units: int, **kwargs) -> None:
+    def __init__(self, units: int, matmul_dtype: str = "float32", **kwargs) -> None:
         super().__init__(**kwargs)
         self.units = units
+        self.matmul_dtype = matmul_dtype
         self.state_size = [units, units]
         self.output_size = units
 
@@ -109,14 +113,53 @@ class ProjectedLSTMCell(layers.Layer):
 
     def call(self, inputs, states, training=False):
         h, c = states
-        z = inputs + ops.matmul(h, self.recurrent_kernel) + self.bias
+        z = inputs + self._recurrent_product(h) + self.bias
         i, f, g, o = ops.split(z, 4, axis=-1)
         c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
         h = ops.sigmoid(o) * ops.tanh(c)
         return h, [h, c]
 
+    def _recurrent_product(self, h):
+        if self.matmul_dtype != "float32" and keras.backend.backend() == "jax":
+            from .recurrence import product
+
+            return product(h, self.recurrent_kernel.value, self.matmul_dtype)
+        return ops.matmul(h, self.recurrent_kernel)
+
     def get_config(self) -> dict:
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "matmul_dtype": self.matmul_dtype}
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class ProjectedLSTM(layers.RNN):
+    """`keras.layers.RNN(ProjectedLSTMCell(units))`, whose loop, when training on the JAX
+    backend, is `recurrence.lstm` (same values, a faster backward pass); inference and
+    other backends run Keras's loop. Weights and saved files are those of the plain RNN."""
+
+    def __init__(self, cell, matmul_dtype: str = "float32", **kwargs) -> None:
+        if isinstance(cell, int):
+            cell = ProjectedLSTMCell(cell, matmul_dtype=matmul_dtype)
+        super().__init__(cell, **kwargs)
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if keras.backend.backend() != "jax" or self.unroll or not training:
+            # the gain is in the backward pass: inference keeps Keras's loop (which compiles faster)
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        from .recurrence import lstm
+
+        h0, c0 = initial_state
+        steps = ops.ones(ops.shape(sequences)[:2], sequences.dtype) if mask is None else ops.cast(mask, sequences.dtype)
+        outputs, h, c = lstm(
+            sequences,
+            self.cell.recurrent_kernel.value,
+            self.cell.bias.value,
+            h0,
+            c0,
+            steps,
+            self.go_backwards,
+            self.cell.matmul_dtype,
+        )
+        return h, outputs, [h, c]
 
 
 @keras.saving.register_keras_serializable(package="seq2seq")

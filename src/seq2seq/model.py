@@ -32,7 +32,7 @@ from keras import layers, ops
 
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
-from .layers import ProjectedLSTMCell, TiedEmbedding, TokenProjection
+from .layers import ProjectedLSTM, TiedEmbedding, TokenProjection
 from .vocab import PAD_ID
 
 SOURCE_IDS = "source_ids"
@@ -95,8 +95,13 @@ def encode(config: Config, found: LayerSource, source_ids, vocab_size: int):
             backward = direction == 1
             rnn = found.get(
                 lstm_name("encoder", layer, backward),
-                lambda n, b=backward: layers.RNN(
-                    ProjectedLSTMCell(units), return_sequences=True, return_state=True, go_backwards=b, name=n
+                lambda n, b=backward: ProjectedLSTM(
+                    units,
+                    matmul_dtype=config.recurrent_matmul,
+                    return_sequences=True,
+                    return_state=True,
+                    go_backwards=b,
+                    name=n,
                 ),
             )
             piece = x[..., direction * 4 * units : (direction + 1) * 4 * units] if directions > 1 else x
@@ -141,7 +146,9 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
                 )(x)
             rnn = found.get(
                 lstm_name("decoder", layer),
-                lambda n: layers.RNN(ProjectedLSTMCell(units), return_sequences=True, return_state=True, name=n),
+                lambda n: ProjectedLSTM(
+                    units, matmul_dtype=config.recurrent_matmul, return_sequences=True, return_state=True, name=n
+                ),
             )
             x, h, c = rnn(x, initial_state=state[2 * layer : 2 * layer + 2])
             new_state += [h, c]
@@ -149,7 +156,14 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
     else:
         decoder = found.get(
             ATTENTION_DECODER,
-            lambda n: AttentionDecoder(units, config.layers, config.attention, dropout=config.dropout, name=n),
+            lambda n: AttentionDecoder(
+                units,
+                config.layers,
+                config.attention,
+                dropout=config.dropout,
+                matmul_dtype=config.recurrent_matmul,
+                name=n,
+            ),
         )
         x, attention, *new_state = decoder(x, *context, state)
     x = found.get("output_dropout", lambda n: layers.Dropout(config.dropout, name=n))(x)

@@ -1,0 +1,130 @@
+"""The LSTM's recurrent loop for the JAX backend, with its backward pass written by hand.
+
+Keras's generic RNN loop (`lax.scan` over the cell, differentiated by JAX) spends much
+of a training step outside the arithmetic: it transposes the whole (B, T, 4H) input
+to time-major and back, selects masked steps over whole sequences, and its derived
+backward loop stacks many per-step residuals and accumulates dU inside the loop. Here:
+
+- one `fori_loop` reads and writes (B, T, .) arrays in place at step t, so nothing is
+  transposed;
+- the forward pass keeps only what the backward pass needs: h, c and the four
+  activated gates of every step;
+- the backward loop does one product per step (dz @ U^T); dU = sum_t h_{t-1}^T dz_t is
+  one large product after the loop, where the CPU runs it far more efficiently.
+
+`lstm(x, U, b, h0, c0, mask, reverse)` computes exactly what `keras.layers.RNN` over
+`layers.ProjectedLSTMCell` computes (tests/test_layers.py compares values and
+gradients). x = inputs @ W: (B, T, 4H); mask: (B, T), 1.0 for real steps; a masked step
+keeps the previous h and c and outputs h. With `reverse`, steps run from T-1 to 0 and
+outputs are written in the order they are made (Keras's `go_backwards`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def product(a, b, dtype: str = "float32"):
+    """a @ b, with the operands rounded to `dtype` (e.g. bfloat16, which CPUs with AVX512-BF16
+    multiply at twice the float32 rate) and the sums kept in float32."""
+    if dtype == "float32":
+        return a @ b
+    return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=a.dtype)
+
+
+def _gates(z):
+    """Pre-activations (B, 4H) in Keras's order i, f, g, o -> activated gates (B, 4H)."""
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    return jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1)
+
+
+def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype):
+    steps = x.shape[1]
+    kernel = recurrent_kernel if matmul_dtype == "float32" else recurrent_kernel.astype(matmul_dtype)
+    units = h0.shape[-1]
+
+    def step(t, loop):
+        h, c, hs, cs, gates = loop
+        k = steps - 1 - t if reverse else t  # the input step read at loop step t
+        z = lax.dynamic_index_in_dim(x, k, axis=1, keepdims=False) + product(h, kernel, matmul_dtype) + bias
+        a = _gates(z)
+        i, f, g, o = a[:, :units], a[:, units : 2 * units], a[:, 2 * units : 3 * units], a[:, 3 * units :]
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        m = lax.dynamic_index_in_dim(mask, k, axis=1, keepdims=True) > 0  # (B, 1)
+        h, c = jnp.where(m, h_new, h), jnp.where(m, c_new, c)
+        hs = lax.dynamic_update_index_in_dim(hs, h, t, axis=1)
+        cs = lax.dynamic_update_index_in_dim(cs, c, t, axis=1)
+        gates = lax.dynamic_update_index_in_dim(gates, a, t, axis=1)
+        return h, c, hs, cs, gates
+
+    batch = x.shape[0]
+    empty = jnp.zeros((batch, steps, units), x.dtype)
+    init = (h0, c0, empty, empty, jnp.zeros((batch, steps, 4 * units), x.dtype))
+    h, c, hs, cs, gates = lax.fori_loop(0, steps, step, init)
+    return (hs, h, c), (hs, cs, gates)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="float32"):
+    """x (B, T, 4H), U (H, 4H), b (4H,), h0 and c0 (B, H), mask (B, T) ->
+    outputs (B, T, H) in processing order, final h (B, H), final c (B, H).
+    `matmul_dtype`: the operands' format in the products with U (see `product`)."""
+    return _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype)[0]
+
+
+def _lstm_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype):
+    outputs, (hs, cs, gates) = _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype)
+    return outputs, (recurrent_kernel, h0, c0, mask, hs, cs, gates)
+
+
+def _lstm_backward(reverse, matmul_dtype, saved, cotangents):
+    recurrent_kernel, h0, c0, mask, hs, cs, gates = saved
+    d_outputs, d_h_final, d_c_final = cotangents
+    steps = hs.shape[1]
+    units = h0.shape[-1]
+    kernel_t = recurrent_kernel.T if matmul_dtype == "float32" else recurrent_kernel.T.astype(matmul_dtype)
+
+    def step(n, loop):
+        t = steps - 1 - n  # loop steps in reverse
+        k = steps - 1 - t if reverse else t
+        dh_next, dc_next, dz_all = loop
+        dh = dh_next + lax.dynamic_index_in_dim(d_outputs, t, axis=1, keepdims=False)
+        a = lax.dynamic_index_in_dim(gates, t, axis=1, keepdims=False)
+        i, f, g, o = a[:, :units], a[:, units : 2 * units], a[:, 2 * units : 3 * units], a[:, 3 * units :]
+        c = lax.dynamic_index_in_dim(cs, t, axis=1, keepdims=False)
+        c_prev = jnp.where(t > 0, lax.dynamic_index_in_dim(cs, jnp.maximum(t - 1, 0), axis=1, keepdims=False), c0)
+        tanh_c = jnp.tanh(c)
+        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+        dz = jnp.concatenate(
+            [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
+            axis=-1,
+        )
+        m = lax.dynamic_index_in_dim(mask, k, axis=1, keepdims=True) > 0
+        dz = jnp.where(m, dz, 0)
+        dh_prev = jnp.where(m, product(dz, kernel_t, matmul_dtype), dh)
+        dc_prev = jnp.where(m, dc * f, dc_next)
+        dz_all = lax.dynamic_update_index_in_dim(dz_all, dz, k, axis=1)
+        return dh_prev, dc_prev, dz_all
+
+    init = (d_h_final, d_c_final, jnp.zeros(gates.shape, gates.dtype))
+    dh0, dc0, dz_all = lax.fori_loop(0, steps, step, init)
+    # dz_all is in input order; the h each step read, in processing order, lines up with it
+    h_read = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
+    if reverse:
+        h_read = jnp.flip(h_read, axis=1)
+    if matmul_dtype == "float32":
+        d_kernel = jnp.einsum("bth,btk->hk", h_read, dz_all)
+    else:
+        d_kernel = jnp.einsum(
+            "bth,btk->hk", h_read.astype(matmul_dtype), dz_all.astype(matmul_dtype), preferred_element_type=h0.dtype
+        )
+    d_bias = dz_all.sum(axis=(0, 1))
+    return dz_all, d_kernel, d_bias, dh0, dc0, jnp.zeros_like(mask)
+
+
+lstm.defvjp(_lstm_forward, _lstm_backward)
