@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "speed.json"
 MEMORY_BUDGET = 12 * 2**30  # the textbook's one-hot arrays may take half of this machine's 24 GB
+SEQUENTIAL = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def measure(
@@ -90,10 +91,14 @@ def largest_textbook_word_sample(budget: int) -> tuple[int, int]:
 
 # training levers measured beside the plain run: key suffix -> table label
 LEVERS = {
+    "keras_loop": "Keras's own RNN loop, differentiated by JAX (before recurrence.py)",
+    "unroll8": "Keras's loop with 8 timesteps per iteration",
+    "bf16mm": "bfloat16 operands in the h @ U products, float32 sums (`--recurrent-matmul bfloat16`)",
+    "sequential": "XLA's sequential thunk scheduling (`--xla_cpu_enable_concurrency_optimized_scheduler=false`)",
+    "bf16mm_sequential": "both of the last two",
     "2dev": "batch split over 2 XLA CPU devices (`--data-parallel`)",
     "2dev_1thread": "2 devices, single-threaded matrix products (`--xla_cpu_multi_thread_eigen=false`)",
-    "unroll8": "one device, 8 timesteps per loop iteration",
-    "bf16": "one device, mixed bfloat16",
+    "bf16": "Keras's mixed bfloat16 policy (all layers in bfloat16)",
 }
 
 
@@ -133,8 +138,20 @@ def main() -> int:
         xla_flags="--xla_cpu_multi_thread_eigen=false",
         optional=True,
     )
+    results["train_char_seq2seq_keras_loop"] = measure(
+        "train", "--impl", "seq2seq", *char, "--keras-loop", optional=True
+    )
     results["train_char_seq2seq_unroll8"] = measure(
-        "train", "--impl", "seq2seq", *char, "--scan-unroll", "8", optional=True
+        "train", "--impl", "seq2seq", *char, "--keras-loop", "--scan-unroll", "8", optional=True
+    )
+    results["train_char_seq2seq_bf16mm"] = measure(
+        "train", "--impl", "seq2seq", *char, "--recurrent-matmul", "bfloat16", optional=True
+    )
+    results["train_char_seq2seq_sequential"] = measure(
+        "train", "--impl", "seq2seq", *char, xla_flags=SEQUENTIAL, optional=True
+    )
+    results["train_char_seq2seq_bf16mm_sequential"] = measure(
+        "train", "--impl", "seq2seq", *char, "--recurrent-matmul", "bfloat16", xla_flags=SEQUENTIAL, optional=True
     )
     results["train_char_seq2seq_bf16"] = measure(
         "train", "--impl", "seq2seq", *char, "--dtype-policy", "mixed_bfloat16", optional=True
@@ -144,6 +161,12 @@ def main() -> int:
     word = ["--level", "word", "--pairs", str(word_pairs)]
     results["train_word_textbook"] = measure("train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1")
     results["train_word_seq2seq"] = measure("train", "--impl", "seq2seq", *word, "--epochs", "1")
+    results["train_word_seq2seq_bf16mm"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--recurrent-matmul", "bfloat16", optional=True
+    )
+    results["train_word_seq2seq_sequential"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", xla_flags=SEQUENTIAL, optional=True
+    )
     results["train_word_seq2seq_2dev"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--data-parallel", cpu_devices=2, optional=True
     )
@@ -176,6 +199,18 @@ def main() -> int:
     ours_curve = measure("quality-time", "--impl", "seq2seq", *quality, "--epochs", "100", "--target", str(target))
     results["quality_textbook"], results["quality_seq2seq"] = textbook_curve, ours_curve
     reached = next((point for point in ours_curve["curve"] if point[2] >= target), None)
+    # bfloat16 recurrent products: their effect on quality, epoch by epoch, and on the time
+    results["quality_seq2seq_bf16mm"] = measure(
+        "quality-time",
+        "--impl",
+        "seq2seq",
+        *quality,
+        "--epochs",
+        str(len(ours_curve["curve"])),
+        "--recurrent-matmul",
+        "bfloat16",
+        optional=True,
+    )
 
     results = SavedResults((key, value) for key, value in results.items() if value is not None)
     results["word_sample"] = {"pairs": word_pairs, "textbook_array_mb": round(word_bytes / 2**20)}
@@ -235,6 +270,15 @@ def table(r: dict, textbook_best: list, reached: list | None) -> str:
     row("greedy decoding, useful GFLOP/s", "", share(dg["useful_gflops"]))
     if "bfloat16_gflops" in r["peak"]:
         row("matrix-multiply peak, GFLOP/s (float32; bfloat16)", "", f"{peak}; {r['peak']['bfloat16_gflops']}")
+    if r.get("quality_seq2seq_bf16mm"):
+        for name in ("quality_seq2seq", "quality_seq2seq_bf16mm"):
+            curve = r[name]["curve"]
+            label = "float32" if name == "quality_seq2seq" else "bfloat16 h @ U products"
+            row(
+                f"dev chrF by epoch, seq2seq, {label}",
+                "",
+                ", ".join(f"{chrf}" for _, _, chrf in curve) + f" ({curve[-1][1] / 60:.1f} min)",
+            )
     ours, speedup = "not reached", ""
     if reached:
         ours = f"{reached[1] / 60:.1f} min (epoch {reached[0]})"

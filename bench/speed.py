@@ -211,8 +211,16 @@ def _train_seq2seq(train, args) -> dict:
     keras.config.set_dtype_policy(args.dtype_policy)  # e.g. mixed_bfloat16: bf16 compute, float32 weights
     if args.scan_unroll > 1:
         unroll_recurrent_loops(args.scan_unroll)
+    if args.keras_loop:  # the comparison for recurrence.py: Keras's own loop, differentiated by JAX
+        from keras import layers
+
+        from seq2seq.layers import ProjectedLSTM
+
+        ProjectedLSTM.inner_loop = layers.RNN.inner_loop
     # with --data-parallel each batch is split across the local devices (XLA_FLAGS makes CPU ones)
-    system, devices = _seq2seq_system(train, args.level, data_parallel=args.data_parallel)
+    system, devices = _seq2seq_system(
+        train, args.level, data_parallel=args.data_parallel, recurrent_matmul=args.recurrent_matmul
+    )
     measured = train if args.batches is None else train[: args.batches * BATCH]
     batches = PairBatches.from_pairs(
         system.source, system.target, measured, batch_size=BATCH, shuffle=False, row_multiple=devices
@@ -234,6 +242,8 @@ def _train_seq2seq(train, args) -> dict:
         devices=devices,
         dtype_policy=args.dtype_policy,
         scan_unroll=args.scan_unroll,
+        loop="keras" if args.keras_loop else "recurrence.py",
+        recurrent_matmul=args.recurrent_matmul,
         padding_share=round(1 - target_tokens / padded, 3),
         first_epoch_seconds=round(first, 2),
         epoch_seconds=round(seconds, 3),
@@ -349,7 +359,13 @@ def measure_quality_time(args) -> None:
         from seq2seq.batches import PairBatches
 
         system, _ = _seq2seq_system(
-            train, "char", input="embedding", attention="luong", bidirectional=True, learning_rate=3e-3
+            train,
+            "char",
+            input="embedding",
+            attention="luong",
+            bidirectional=True,
+            learning_rate=3e-3,
+            recurrent_matmul=args.recurrent_matmul,
         )
         batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
         for epoch in range(args.epochs):
@@ -375,6 +391,10 @@ def main() -> None:
     parser.add_argument("--data-parallel", action="store_true", help="train: split batches across local devices")
     parser.add_argument("--dtype-policy", default="float32", help="train (seq2seq): Keras dtype policy")
     parser.add_argument("--scan-unroll", type=int, default=1, help="train (seq2seq, JAX): timesteps per loop iteration")
+    parser.add_argument("--keras-loop", action="store_true", help="train (seq2seq, JAX): Keras's RNN loop instead")
+    parser.add_argument(
+        "--recurrent-matmul", default="float32", help="train, quality-time (seq2seq): format of the h @ U products"
+    )
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)
     parser.add_argument("--train-epochs", type=int, default=5, help="training before decoding")

@@ -145,3 +145,25 @@ def test_accuracy_counts_real_tokens_only():
     metric = MaskedAccuracy()
     metric.update_state(y_true, logits)
     assert float(metric.result()) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_loss_gradient_matches_keras(label_smoothing):
+    """The loss reads the target's logit through a mask (no gather): its gradient is
+    Keras's cross-entropy gradient, zero at padding."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("gradients taken with JAX")
+    import jax
+
+    rng = np.random.default_rng(2)
+    y_true = np.array([[4, 5, 2, 0], [6, 2, 0, 0]], dtype="int32")
+    logits = rng.normal(size=(2, 4, 8)).astype("float32")
+    real = y_true != PAD_ID
+    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+    def reference(logits):  # Keras's loss on the real tokens only
+        return keras_loss(np.eye(8, dtype="float32")[y_true[real]], logits[real])
+
+    ours = jax.grad(lambda x: MaskedCrossEntropy(label_smoothing=label_smoothing)(y_true, x))(logits)
+    np.testing.assert_allclose(ours, jax.grad(reference)(logits), atol=1e-6)
+    assert not np.asarray(ours)[~real].any()
