@@ -9,9 +9,10 @@ A Keras `LSTM(H)` computes, at every timestep t, for input vector x_t (size D):
 
 x_t @ W does not depend on the previous step, so it is computed for every timestep before
 the loop: one large matrix product, or, when x_t is a one-hot vector, a row lookup, since
-one_hot(id) @ W == W[id]. The recurrent loop (`keras.layers.RNN` over
-`ProjectedLSTMCell`) then only does h @ U. With the same weights, the result equals
-`keras.layers.LSTM` on one-hot vectors (tests/test_layers.py proves it).
+one_hot(id) @ W == W[id]. The recurrent loop (`ProjectedLSTM`: a `keras.layers.RNN` over
+`ProjectedLSTMCell`, whose training loop on JAX is recurrence.py's) then only does h @ U.
+With the same weights, the result equals `keras.layers.LSTM` on one-hot vectors
+(tests/test_layers.py proves it).
 """
 
 from __future__ import annotations

@@ -1,16 +1,20 @@
 """The LSTM's recurrent loop for the JAX backend, with its backward pass written by hand.
 
 Keras's generic RNN loop (`lax.scan` over the cell, differentiated by JAX) spends much
-of a training step outside the arithmetic: it transposes the whole (B, T, 4H) input
-to time-major and back, selects masked steps over whole sequences, and its derived
-backward loop stacks many per-step residuals and accumulates dU inside the loop. Here:
+of a training step outside the arithmetic: in a profile of a char-level step (B=64,
+H=256), transposes of the whole (B, T, 4H) input to time-major and back, selects over
+whole sequences and per-step copies of stacked residuals took about a third of the
+time. Here:
 
 - one `fori_loop` reads and writes (B, T, .) arrays in place at step t, so nothing is
   transposed;
 - the forward pass keeps only what the backward pass needs: h, c and the four
   activated gates of every step;
 - the backward loop does one product per step (dz @ U^T); dU = sum_t h_{t-1}^T dz_t is
-  one large product after the loop, where the CPU runs it far more efficiently.
+  one product after the loop instead of an accumulation inside it.
+
+Char-level training runs about 1.3x faster than with Keras's loop (bench/run.py measures
+both).
 
 `lstm(x, U, b, h0, c0, mask, reverse)` computes exactly what `keras.layers.RNN` over
 `layers.ProjectedLSTMCell` computes (tests/test_layers.py compares values and
