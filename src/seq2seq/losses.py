@@ -33,8 +33,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
         y_true = ops.cast(y_true, "int32")
         logits = ops.cast(logits, "float32")
         # -log p(y) = logsumexp(logits) - logits[y]. logits[y] is read through a mask, not
-        # a gather: a gather's gradient scatters into a zeroed (B, T, V) array, which with
-        # a word vocabulary cost more than the output layer's products.
+        # a gather, whose gradient zeroes a (B, T, V) array and scatters into it.
         target = target_logit(y_true, logits)
         nll = ops.logsumexp(logits, axis=-1) - target
         if self.label_smoothing:  # the vocabulary's mean -log p is logsumexp(logits) - mean(logits)
