@@ -149,14 +149,14 @@ class ProjectedLSTM(layers.RNN):
         from .recurrence import lstm
 
         h0, c0 = initial_state
-        steps = ops.ones(ops.shape(sequences)[:2], sequences.dtype) if mask is None else ops.cast(mask, sequences.dtype)
+        real = ops.ones(ops.shape(sequences)[:2], sequences.dtype) if mask is None else ops.cast(mask, sequences.dtype)
         outputs, h, c = lstm(
             sequences,
             self.cell.recurrent_kernel.value,
             self.cell.bias.value,
             h0,
             c0,
-            steps,
+            real,
             self.go_backwards,
             self.cell.matmul_dtype,
         )
