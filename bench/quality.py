@@ -53,7 +53,7 @@ BEAM = 5
 
 
 def seq2seq(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "seq2seq.cli", *args]
+    command = [sys.executable, "-m", "seq2seq", *args]
     print("$", shlex.join(command), flush=True)
     return subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE)
 

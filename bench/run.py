@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from seq2seq.launch import huge_page_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "speed.json"
@@ -28,19 +30,32 @@ SEQUENTIAL = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def measure(
-    *args: str, backend: str = "jax", cpu_devices: int = 1, xla_flags: str = "", optional: bool = False
+    *args: str,
+    backend: str = "jax",
+    cpu_devices: int = 1,
+    xla_flags: str = "",
+    huge_pages: bool | None = None,
+    optional: bool = False,
 ) -> dict | None:
     """Run one bench/speed.py measurement; `cpu_devices` > 1 splits the CPU into that many
-    XLA devices (JAX), `xla_flags` are added to XLA_FLAGS. An `optional` one that fails is
-    reported and gives None."""
+    XLA devices (JAX), `xla_flags` are added to XLA_FLAGS. `huge_pages`: start the process
+    with glibc's huge-page tunable (see seq2seq/launch.py); by default each side runs as it
+    comes: seq2seq with it, as the `seq2seq` command starts itself, the textbook recipe as
+    plain Python. An `optional` one that fails is reported and gives None."""
     command = [sys.executable, str(ROOT / "bench" / "speed.py"), *args]
     # no compilation cache: every measurement compiles, as a first run does
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "SEQ2SEQ_JAX_CACHE": "off"}
+    env.pop("GLIBC_TUNABLES", None)
+    if huge_pages is None:
+        huge_pages = "textbook" not in args
+    if huge_pages:
+        env = huge_page_environment(env) or env
     if cpu_devices > 1:
         xla_flags += f" --xla_force_host_platform_device_count={cpu_devices}"
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
-    print("$", " ".join(command[1:]), f"(KERAS_BACKEND={backend}, XLA_FLAGS={xla_flags.strip()})", file=sys.stderr)
+    setting = f"KERAS_BACKEND={backend}, XLA_FLAGS={xla_flags.strip()}, GLIBC_TUNABLES={env.get('GLIBC_TUNABLES', '')}"
+    print("$", " ".join(command[1:]), f"({setting})", file=sys.stderr)
     try:
         output = subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE, env=env).stdout
     except subprocess.CalledProcessError as error:
@@ -99,6 +114,7 @@ LEVERS = {
     "2dev": "batch split over 2 XLA CPU devices (`--data-parallel`)",
     "2dev_1thread": "2 devices, single-threaded matrix products (`--xla_cpu_multi_thread_eigen=false`)",
     "bf16": "Keras's mixed bfloat16 policy (all layers in bfloat16)",
+    "small_pages": "without glibc's huge-page tunable (which the `seq2seq` command sets: launch.py)",
 }
 
 
@@ -123,6 +139,13 @@ def main() -> int:
     char = ["--level", "char", "--pairs", "1000" if quick else "10000"]
     results["train_char_textbook"] = measure("train", "--impl", "textbook", *char)
     results["train_char_seq2seq"] = measure("train", "--impl", "seq2seq", *char)
+    # the allocator setting on both sides: it helps the textbook's steps too
+    results["train_char_textbook_huge_pages"] = measure(
+        "train", "--impl", "textbook", *char, huge_pages=True, optional=True
+    )
+    results["train_char_seq2seq_small_pages"] = measure(
+        "train", "--impl", "seq2seq", *char, huge_pages=False, optional=True
+    )
     # the same global batch split over two XLA CPU devices, one per core
     results["train_char_seq2seq_2dev"] = measure(
         "train", "--impl", "seq2seq", *char, "--data-parallel", cpu_devices=2, optional=True
@@ -161,6 +184,12 @@ def main() -> int:
     word = ["--level", "word", "--pairs", str(word_pairs)]
     results["train_word_textbook"] = measure("train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1")
     results["train_word_seq2seq"] = measure("train", "--impl", "seq2seq", *word, "--epochs", "1")
+    results["train_word_textbook_huge_pages"] = measure(
+        "train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1", huge_pages=True, optional=True
+    )
+    results["train_word_seq2seq_small_pages"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", huge_pages=False, optional=True
+    )
     results["train_word_seq2seq_bf16mm"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--recurrent-matmul", "bfloat16", optional=True
     )
@@ -244,9 +273,14 @@ def table(r: dict, textbook_best: list, reached: list | None) -> str:
     dt, dg, db = r["decode_textbook"], r["decode_greedy"], r["decode_beam5"]
     speed = "real_target_tokens_per_s"
     compare(f"char training, real target tokens/s ({tc['pairs']} pairs, latent 256, batch 64)", tc, sc, speed)
+    both_huge = "the same, the textbook also started with glibc's huge-page tunable"
+    if "train_char_textbook_huge_pages" in r:
+        compare(both_huge, r["train_char_textbook_huge_pages"], sc, speed)
     levers(tc, "train_char_seq2seq", speed)
     arrays = f"{r['word_sample']['textbook_array_mb']:,} MB"
     compare(f"word training, real target tokens/s ({tw['pairs']} pairs; textbook arrays {arrays})", tw, sw, speed)
+    if "train_word_textbook_huge_pages" in r:
+        compare(both_huge, r["train_word_textbook_huge_pages"], sw, speed)
     levers(tw, "train_word_seq2seq", speed)
     compare(f"greedy decoding, sentences/s ({dg['sentences']} held-out)", dt, dg, "sentences_per_s")
     compare("beam-5 decoding, sentences/s (textbook: greedy)", dt, db, "sentences_per_s")

@@ -91,3 +91,7 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_compilation_cache_max_size", 2**30)
+
+
+# on import: training, decoding and the API import this module, so what they compile is cached
+enable_compilation_cache()
