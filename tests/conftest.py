@@ -12,9 +12,6 @@ import pytest
 from seq2seq import Config, Seq2Seq
 from seq2seq.training import train
 
-SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "spa-eng" / "spa.txt"
-
-
 # Reversing short strings: learnable to 100% held-out exact match in about 15 s.
 REVERSE_SETTINGS = dict(
     data="builtin:reverse", num_samples=3000, epochs=15, latent_dim=64, batch_size=32, learning_rate=5e-3
