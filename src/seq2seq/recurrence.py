@@ -13,8 +13,8 @@ time. Here:
 - the backward loop does one product per step (dz @ U^T); dU = sum_t h_{t-1}^T dz_t is
   one product after the loop instead of an accumulation inside it.
 
-Char-level training runs about 1.3x faster than with Keras's loop (bench/run.py measures
-both).
+Char-level training ran 1.3x (before huge pages, see launch.py) and 1.1x (with them) as
+fast as with Keras's loop in the last two benchmark runs (bench/run.py measures both).
 
 `lstm(x, U, b, h0, c0, mask, reverse)` computes exactly what `keras.layers.RNN` over
 `layers.ProjectedLSTMCell` computes (tests/test_layers.py compares values and
