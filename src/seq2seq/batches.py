@@ -30,11 +30,24 @@ def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
 
 
 def padded_length(length: int) -> int:
-    """Round a length up to one of a few sizes: multiples of 4 up to 32, of 8 up to 64,
-    of 16 up to 128, then of 32. Batches of similar lengths then share a compiled shape,
-    and short sentences (most of them) get little padding."""
-    step = 4 if length <= 32 else 8 if length <= 64 else 16 if length <= 128 else 32
-    return max(step, math.ceil(length / step) * step)
+    """Round a length up to one of a few sizes: every length up to 8, then multiples of 2
+    up to 16, of 4 up to 32, of 8 up to 64, of 16 up to 128, then of 32. Batches of
+    similar lengths then share a compiled shape, and rows get little padding: short
+    sentences, the most common, get none, and longer ones at most a fifth."""
+    step = (
+        1
+        if length <= 8
+        else 2
+        if length <= 16
+        else 4
+        if length <= 32
+        else 8
+        if length <= 64
+        else 16
+        if length <= 128
+        else 32
+    )
+    return math.ceil(length / step) * step
 
 
 def pad(sequences: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ MATMUL_DTYPES = ("float32", "bfloat16")
 
 # The textbook's model and settings (`seq2seq train --textbook`): characters as one-hot
 # vectors, one LSTM layer each side, no attention, latent 256, batch 64, learning rate
-# 1e-3, and none of the regularisation or schedules the defaults add.
+# 1e-3, and none of the regularisation, gradient clipping or schedules the defaults add.
 TEXTBOOK = dict(
     level="char",
     input="onehot",
@@ -34,6 +34,7 @@ TEXTBOOK = dict(
     tie_embeddings=False,
     batch_size=64,
     learning_rate=1e-3,
+    clip_norm=0.0,
     stop_metric="loss",
     patience=None,
     lr_patience=None,
