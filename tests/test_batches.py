@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seq2seq.batches import PairBatches, pad, padded_length, teacher_forcing
+from seq2seq.batches import PairBatches, pad, padded_length, padded_target_length, teacher_forcing
 from seq2seq.model import DECODER_INPUT_IDS, SOURCE_IDS
 from seq2seq.vocab import END_ID, PAD_ID, START_ID
 
@@ -17,13 +17,19 @@ def test_teacher_forcing_shift():
 
 
 def test_padded_lengths_are_few_and_cover():
-    assert [padded_length(n) for n in (1, 8, 9, 33, 64, 65, 129)] == [1, 8, 10, 40, 64, 80, 160]
-    assert all(n <= padded_length(n) <= n * 5 / 4 for n in range(1, 500))  # at most a fifth is padding
-    assert len({padded_length(n) for n in range(1, 300)}) <= 30
+    assert [padded_length(n) for n in (1, 8, 9, 33, 64, 65, 129)] == [4, 8, 12, 40, 64, 80, 160]
+    assert all(padded_length(n) >= n for n in range(1, 500))
+    assert len({padded_length(n) for n in range(1, 300)}) < 25
+
+
+def test_target_lengths_are_finer_and_at_most_a_fifth_padding():
+    assert [padded_target_length(n) for n in (1, 5, 8, 9, 17, 33, 64, 65, 129)] == [1, 5, 8, 10, 20, 40, 64, 80, 160]
+    assert all(n <= padded_target_length(n) <= n * 5 / 4 for n in range(1, 500))
+    assert len({padded_target_length(n) for n in range(1, 300)}) <= 30
 
 
 def test_pad_right_pads_with_pad_id():
-    out = pad([[5, 6, 7], [8]], length=4)
+    out = pad([[5, 6, 7], [8]])
     assert out.dtype == np.int32 and out.shape == (2, 4)
     assert out[0, :3].tolist() == [5, 6, 7] and out[1, 0] == 8
     assert (out[0, 3:] == PAD_ID).all() and (out[1, 1:] == PAD_ID).all()

@@ -1,5 +1,6 @@
 """What happens at the end of every epoch besides Keras's own callbacks: timing and the
-time budget, dev-set BLEU/chrF, and the checkpoint that makes a run resumable."""
+time budget, dev-set BLEU/chrF, the checkpoint that makes a run resumable, and giving
+freed memory back."""
 
 from __future__ import annotations
 
@@ -14,11 +15,31 @@ from typing import TYPE_CHECKING
 
 import keras
 
+from .backend import release_freed_memory
 from .data import Pair
 from .evaluation import score
 
 if TYPE_CHECKING:
     from .api import Seq2Seq
+
+
+class ReleaseFreedMemory(keras.callbacks.Callback):
+    """`backend.release_freed_memory()` every `every` batches, before validation and at
+    each epoch's end (before the dev scores and saves, where peak memory was)."""
+
+    def __init__(self, every: int = 100) -> None:
+        super().__init__()
+        self.every = every
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if (batch + 1) % self.every == 0:
+            release_freed_memory()
+
+    def on_test_begin(self, logs=None) -> None:
+        release_freed_memory()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        release_freed_memory()
 
 
 class TrainingClock(keras.callbacks.Callback):

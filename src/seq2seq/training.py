@@ -16,7 +16,14 @@ import keras
 from . import backend
 from .api import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
-from .callbacks import DevScores, LinearDecay, TrainingCheckpoint, TrainingClock, load_checkpoint_state
+from .callbacks import (
+    DevScores,
+    LinearDecay,
+    ReleaseFreedMemory,
+    TrainingCheckpoint,
+    TrainingClock,
+    load_checkpoint_state,
+)
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
 from .losses import MaskedAccuracy, MaskedCrossEntropy
@@ -219,7 +226,7 @@ def _fit(
             monitor=monitor, mode=mode, patience=config.patience, verbose=1
         )
     clock = TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
-    callbacks: list[keras.callbacks.Callback] = [clock]
+    callbacks: list[keras.callbacks.Callback] = [ReleaseFreedMemory(), clock]
     if config.lr_decay == "linear":
         callbacks.append(LinearDecay(config.learning_rate, config.epochs, clock))
     if split.dev and config.dev_bleu_sentences:
