@@ -74,3 +74,30 @@ def test_long_batches_are_capped_and_filled_to_a_fixed_shape():
         assert (inputs[SOURCE_IDS][real_rows:] == 0).all() and (expected[real_rows:] == 0).all()
     assert shapes == {(32, 4), (8, 32)}
     assert sum(len(b) for b in batches.batches) == 80
+
+
+def test_rare_shapes_are_padded_into_at_most_max_shapes():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, size=(3000, 2))
+    sources = [[5] * int(s) for s, _ in lengths]
+    targets = [[6] * int(t) for _, t in lengths]
+    free = PairBatches(sources, targets, batch_size=16, seed=3, max_shapes=None)
+    capped = PairBatches(sources, targets, batch_size=16, seed=3, max_shapes=6)
+    natural = {free.natural_shape(rows) for rows in free.batches}
+    assert len(natural) > 6 and len(capped.shapes) <= 6
+    for i in range(len(capped)):
+        inputs, expected = capped[i]
+        shape = (inputs[SOURCE_IDS].shape[1], expected.shape[1])
+        assert shape in capped.shapes
+        # a batch is never cut: every real token is still there
+        rows = capped.batches[i]
+        assert (expected[: len(rows)] != 0).sum() == sum(len(targets[j]) + 1 for j in rows)
+        assert (inputs[SOURCE_IDS][: len(rows)] != 0).sum() == sum(len(sources[j]) for j in rows)
+
+
+def test_the_shapes_do_not_depend_on_the_epoch_a_run_starts_from():
+    targets = [[6] * (i % 37 + 1) for i in range(2000)]
+    sources = [[5] * (i % 23 + 1) for i in range(2000)]
+    fresh = PairBatches(sources, targets, batch_size=16, seed=2, max_shapes=5)
+    resumed = PairBatches(sources, targets, batch_size=16, seed=2, epoch=4, max_shapes=5)
+    assert fresh.shapes == resumed.shapes

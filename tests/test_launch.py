@@ -1,4 +1,5 @@
-"""The `seq2seq` command restarts itself with glibc's huge-page tunable (launch.py)."""
+"""glibc memory settings: the `seq2seq` command restarts itself with the huge-page tunable
+(launch.py), and training gives freed heap memory back (backend.release_freed_memory)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from seq2seq import launch
+from seq2seq import backend, callbacks, launch
 
 needs_glibc_thp = pytest.mark.skipif(
     launch.huge_page_environment({}) is None, reason="needs Linux, glibc 2.35+ and transparent huge pages"
@@ -71,3 +72,29 @@ def test_restart_command_and_environment(monkeypatch):
     assert path == sys.executable
     assert command == [sys.executable, "-m", "seq2seq.cli", "translate", "--model-dir", "m"]
     assert environment["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_freed_memory_is_released_every_n_batches_before_validation_and_at_epoch_end(monkeypatch):
+    calls = []
+    monkeypatch.setattr(callbacks, "release_freed_memory", lambda: calls.append(1))
+    release = callbacks.ReleaseFreedMemory(every=3)
+    for batch in range(7):
+        release.on_train_batch_end(batch)
+    assert len(calls) == 2  # after batches 3 and 6
+    release.on_test_begin()
+    release.on_epoch_end(0)
+    assert len(calls) == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_freed_heap_memory_goes_back_to_the_os():
+    def resident_mb() -> float:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    pieces = [bytes(1000) for _ in range(300_000)]  # ~300 MB in malloc'd pieces
+    kept = pieces[::16]  # a few survivors keep the freed space from shrinking away by itself
+    del pieces
+    before = resident_mb()
+    backend.release_freed_memory()
+    assert before - resident_mb() > 100
+    del kept

@@ -9,6 +9,7 @@ made per batch inside the model.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import keras
@@ -80,6 +81,11 @@ class PairBatches(keras.utils.PyDataset):
     the memory of the output layer). Short batches are filled up with all-<pad> rows,
     which the loss ignores, so that every batch of a given length has the same shape
     and the backend compiles few programs.
+
+    Each shape (source length, target length) compiles to a program that stays in
+    memory, so there are at most `max_shapes` of them: the rarest shapes of epoch 0's
+    batches are padded up to the smallest more common shape that holds them, and every
+    epoch uses that set (a resumed run too).
     """
 
     POOL_BATCHES = 50
@@ -94,6 +100,7 @@ class PairBatches(keras.utils.PyDataset):
         epoch: int = 0,
         max_tokens: int | None = None,
         row_multiple: int = 1,
+        max_shapes: int | None = 24,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,10 +116,11 @@ class PairBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
-        self.batches = self._make_batches()
+        self.shapes = None if max_shapes is None else self._fewest_shapes(self._make_batches(0), max_shapes)
+        self.batches = self._make_batches(epoch)
 
-    def _make_batches(self) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _make_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.sources)) if self.shuffle else np.arange(len(self.sources))
         pool_size = self.batch_size * self.POOL_BATCHES
         batches = []
@@ -155,11 +163,54 @@ class PairBatches(keras.utils.PyDataset):
             rows = min(rows, self.max_tokens // padded_target_length(target_length))
         return max(self.row_multiple, rows // self.row_multiple * self.row_multiple)
 
+    def natural_shape(self, rows: np.ndarray) -> tuple[int, int]:
+        """(padded source length, padded target length) of a batch of these pairs."""
+        source = padded_length(max(len(self.sources[i]) for i in rows))
+        return source, padded_target_length(max(len(self.decoder_inputs[i]) for i in rows))
+
+    def _fewest_shapes(self, batches: list[np.ndarray], max_shapes: int) -> set[tuple[int, int]]:
+        """The natural shapes of `batches`, the rarest merged into larger ones until at
+        most `max_shapes` remain (or none can merge)."""
+        count: Counter[tuple[int, int]] = Counter()
+        rows: dict[tuple[int, int], int] = {}
+        for batch in batches:
+            shape = self.natural_shape(batch)
+            count[shape] += 1
+            rows[shape] = max(rows.get(shape, 0), len(batch))
+        while len(count) > max_shapes:
+            for shape, _ in sorted(count.items(), key=lambda item: (item[1], item[0])):
+                larger = self._smallest_holding(shape, rows[shape], set(count) - {shape})
+                if larger:
+                    count[larger] += count.pop(shape)
+                    rows[larger] = max(rows[larger], rows.pop(shape))
+                    break
+            else:
+                break
+        return set(count)
+
+    def _smallest_holding(
+        self, shape: tuple[int, int], rows: int, shapes: set[tuple[int, int]]
+    ) -> tuple[int, int] | None:
+        """The shape of `shapes` with the least padding that holds `rows` rows of `shape`."""
+        holding = [
+            (source, target)
+            for source, target in shapes
+            if source >= shape[0] and target >= shape[1] and self.rows_for(target) >= rows
+        ]
+        return min(holding, key=lambda s: (self.rows_for(s[1]) * (s[0] + s[1]), s), default=None)
+
+    def shape_of(self, rows: np.ndarray) -> tuple[int, int]:
+        """The (source length, target length) this batch is padded to."""
+        shape = self.natural_shape(rows)
+        if self.shapes is None or shape in self.shapes:
+            return shape
+        return self._smallest_holding(shape, len(rows), self.shapes) or shape
+
     def __getitem__(self, index: int):
         rows = self.batches[index]
-        length = padded_target_length(max(len(self.decoder_inputs[i]) for i in rows))
+        source_length, length = self.shape_of(rows)
         filler = [[]] * (self.rows_for(length) - len(rows))  # all-<pad> rows
-        source = pad([*(self.sources[i] for i in rows), *filler])
+        source = pad([*(self.sources[i] for i in rows), *filler], length=source_length)
         decoder_input = pad([*(self.decoder_inputs[i] for i in rows), *filler], length=length)
         decoder_target = pad([*(self.decoder_targets[i] for i in rows), *filler], length=length)
         return {SOURCE_IDS: source, DECODER_INPUT_IDS: decoder_input}, decoder_target
@@ -167,7 +218,7 @@ class PairBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
         if self.shuffle:
-            self.batches = self._make_batches()
+            self.batches = self._make_batches(self.epoch)
 
     def real_tokens(self) -> int:
         """Number of non-padding target tokens in one epoch (for throughput)."""
