@@ -83,7 +83,7 @@ def test_rare_shapes_are_padded_into_at_most_max_shapes():
     targets = [[6] * int(t) for _, t in lengths]
     free = PairBatches(sources, targets, batch_size=16, seed=3, max_shapes=None)
     capped = PairBatches(sources, targets, batch_size=16, seed=3, max_shapes=6)
-    natural = {free.natural_shape(rows) for rows in free.batches}
+    natural = {free.shape_of(rows) for rows in free.batches}
     assert len(natural) > 6 and len(capped.shapes) <= 6
     for i in range(len(capped)):
         inputs, expected = capped[i]
@@ -93,6 +93,21 @@ def test_rare_shapes_are_padded_into_at_most_max_shapes():
         rows = capped.batches[i]
         assert (expected[: len(rows)] != 0).sum() == sum(len(targets[j]) + 1 for j in rows)
         assert (inputs[SOURCE_IDS][: len(rows)] != 0).sum() == sum(len(sources[j]) for j in rows)
+
+
+def test_every_epoch_keeps_to_the_shapes_when_output_size_limits_the_rows():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 80, size=(4000, 2))
+    sources = [[5] * int(s) for s, _ in lengths]
+    targets = [[6] * int(t) for _, t in lengths]
+    batches = PairBatches(sources, targets, batch_size=64, max_tokens=1000, seed=1, max_shapes=8)
+    assert len(batches.shapes) <= 8
+    for _ in range(5):
+        for i in range(len(batches)):
+            inputs, expected = batches[i]
+            assert (inputs[SOURCE_IDS].shape[1], expected.shape[1]) in batches.shapes
+            assert len(batches.batches[i]) <= expected.shape[0] == batches.rows_for(expected.shape[1])
+        batches.on_epoch_end()
 
 
 def test_the_shapes_do_not_depend_on_the_epoch_a_run_starts_from():

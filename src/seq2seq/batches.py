@@ -84,8 +84,9 @@ class PairBatches(keras.utils.PyDataset):
 
     Each shape (source length, target length) compiles to a program that stays in
     memory, so there are at most `max_shapes` of them: the rarest shapes of epoch 0's
-    batches are padded up to the smallest more common shape that holds them, and every
-    epoch uses that set (a resumed run too).
+    batches are padded up to the smallest remaining shape that holds them, every epoch
+    pads to that set (a resumed run too), and a batch is cut to the rows its padded
+    shape allows. Only a batch longer than every shape in the set keeps its own.
     """
 
     POOL_BATCHES = 50
@@ -116,7 +117,9 @@ class PairBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
-        self.shapes = None if max_shapes is None else self._fewest_shapes(self._make_batches(0), max_shapes)
+        self.shapes: set[tuple[int, int]] | None = None
+        if max_shapes is not None:  # from epoch 0's batches, whatever epoch a run starts from
+            self.shapes = self._fewest_shapes(self._make_batches(0), max_shapes)
         self.batches = self._make_batches(epoch)
 
     def _make_batches(self, epoch: int) -> list[np.ndarray]:
@@ -130,19 +133,23 @@ class PairBatches(keras.utils.PyDataset):
             keys = [(padded_target_length(len(self.decoder_targets[i])), len(self.sources[i])) for i in pool]
             pool = pool[sorted(range(len(pool)), key=keys.__getitem__)]
             batch: list[int] = []
-            for i in pool:  # ascending target buckets: each pair's bucket is its batch's largest so far
-                if len(batch) + 1 > self.rows_for(len(self.decoder_targets[i])):
+            longest = (0, 0)  # the batch's longest source and target so far
+            for i in pool:
+                with_i = (max(longest[0], len(self.sources[i])), max(longest[1], len(self.decoder_targets[i])))
+                if batch and len(batch) + 1 > self.rows_for(self.shape_for(*with_i)[1]):
                     batches.append(np.array(batch))
-                    batch = []
+                    batch, with_i = [], (len(self.sources[i]), len(self.decoder_targets[i]))
                 batch.append(i)
+                longest = with_i
             batches.append(np.array(batch))
         if self.shuffle:
             rng.shuffle(batches)
         return batches
 
     # Largest batch output (rows x timesteps x target vocabulary), in floats: 64 MB.
-    # Training holds a few arrays of this size (logits, their softmax and gradient): this
-    # keeps word-level training on all of spa-eng (27,700 target words) well under 2 GB.
+    # Training holds a few arrays of this size (logits, their softmax and gradient): this,
+    # with the cap on shapes, keeps word-level training on all of spa-eng (27,700 target
+    # words) under 2 GB.
     OUTPUT_ELEMENTS = 2**24
 
     @classmethod
@@ -163,48 +170,38 @@ class PairBatches(keras.utils.PyDataset):
             rows = min(rows, self.max_tokens // padded_target_length(target_length))
         return max(self.row_multiple, rows // self.row_multiple * self.row_multiple)
 
-    def natural_shape(self, rows: np.ndarray) -> tuple[int, int]:
-        """(padded source length, padded target length) of a batch of these pairs."""
-        source = padded_length(max(len(self.sources[i]) for i in rows))
-        return source, padded_target_length(max(len(self.decoder_inputs[i]) for i in rows))
+    def shape_for(self, source_length: int, target_length: int) -> tuple[int, int]:
+        """The (source length, target length) a batch with these longest sentences is
+        padded to: its own padded lengths, or the smallest allowed shape holding them."""
+        shape = padded_length(source_length), padded_target_length(target_length)
+        if self.shapes is None or shape in self.shapes:
+            return shape
+        return self._smallest_holding(shape, self.shapes) or shape
+
+    def shape_of(self, rows: np.ndarray) -> tuple[int, int]:
+        """The (source length, target length) this batch is padded to."""
+        return self.shape_for(max(len(self.sources[i]) for i in rows), max(len(self.decoder_targets[i]) for i in rows))
 
     def _fewest_shapes(self, batches: list[np.ndarray], max_shapes: int) -> set[tuple[int, int]]:
-        """The natural shapes of `batches`, the rarest merged into larger ones until at
-        most `max_shapes` remain (or none can merge)."""
-        count: Counter[tuple[int, int]] = Counter()
-        rows: dict[tuple[int, int], int] = {}
-        for batch in batches:
-            shape = self.natural_shape(batch)
-            count[shape] += 1
-            rows[shape] = max(rows.get(shape, 0), len(batch))
+        """The shapes of `batches`, the rarest merged into larger ones until at most
+        `max_shapes` remain (or none can merge)."""
+        count = Counter(self.shape_of(batch) for batch in batches)
         while len(count) > max_shapes:
             for shape, _ in sorted(count.items(), key=lambda item: (item[1], item[0])):
-                larger = self._smallest_holding(shape, rows[shape], set(count) - {shape})
+                larger = self._smallest_holding(shape, set(count) - {shape})
                 if larger:
                     count[larger] += count.pop(shape)
-                    rows[larger] = max(rows[larger], rows.pop(shape))
                     break
             else:
                 break
         return set(count)
 
-    def _smallest_holding(
-        self, shape: tuple[int, int], rows: int, shapes: set[tuple[int, int]]
-    ) -> tuple[int, int] | None:
-        """The shape of `shapes` with the least padding that holds `rows` rows of `shape`."""
-        holding = [
-            (source, target)
-            for source, target in shapes
-            if source >= shape[0] and target >= shape[1] and self.rows_for(target) >= rows
-        ]
+    def _smallest_holding(self, shape: tuple[int, int], shapes: set[tuple[int, int]]) -> tuple[int, int] | None:
+        """The shape of `shapes` at least as long on both sides as `shape` with the fewest
+        cells (rows x (source + target length)). Batches are cut to the rows their padded
+        shape allows, so any such shape holds them."""
+        holding = [(source, target) for source, target in shapes if source >= shape[0] and target >= shape[1]]
         return min(holding, key=lambda s: (self.rows_for(s[1]) * (s[0] + s[1]), s), default=None)
-
-    def shape_of(self, rows: np.ndarray) -> tuple[int, int]:
-        """The (source length, target length) this batch is padded to."""
-        shape = self.natural_shape(rows)
-        if self.shapes is None or shape in self.shapes:
-            return shape
-        return self._smallest_holding(shape, len(rows), self.shapes) or shape
 
     def __getitem__(self, index: int):
         rows = self.batches[index]
