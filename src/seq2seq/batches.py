@@ -30,12 +30,21 @@ def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
     return [START_ID, *target_ids], [*target_ids, END_ID]
 
 
+# (up to this length, pad to a multiple of this); longer lengths: multiples of 32
+SOURCE_STEPS = ((32, 4), (64, 8), (128, 16))
+TARGET_STEPS = ((8, 1), (16, 2), (32, 4), (64, 8), (128, 16))
+
+
+def _round_up(length: int, steps: tuple[tuple[int, int], ...]) -> int:
+    step = next((step for limit, step in steps if length <= limit), 32)
+    return max(step, math.ceil(length / step) * step)
+
+
 def padded_length(length: int) -> int:
     """Round a source length up to one of a few sizes: multiples of 4 up to 32, of 8 up
     to 64, of 16 up to 128, then of 32. Batches of similar lengths then share a compiled
     shape (each costs compile time and about 25 MB of memory for its program)."""
-    step = 4 if length <= 32 else 8 if length <= 64 else 16 if length <= 128 else 32
-    return max(step, math.ceil(length / step) * step)
+    return _round_up(length, SOURCE_STEPS)
 
 
 def padded_target_length(length: int) -> int:
@@ -43,20 +52,7 @@ def padded_target_length(length: int) -> int:
     up to 8, then multiples of 2 up to 16, of 4 up to 32, and so on (at most a fifth of a
     row is padding). The output layer's work is per target position, so its padding
     costs the most; short sentences, the most common, get none."""
-    step = (
-        1
-        if length <= 8
-        else 2
-        if length <= 16
-        else 4
-        if length <= 32
-        else 8
-        if length <= 64
-        else 16
-        if length <= 128
-        else 32
-    )
-    return math.ceil(length / step) * step
+    return _round_up(length, TARGET_STEPS)
 
 
 def pad(sequences: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
