@@ -97,6 +97,9 @@ def test_defaults_are_the_best_settings_and_switches_turn_off():
     textbook = config_from_args(parse(["train", "--model-dir", "m", "--textbook", "--latent-dim", "64"]))
     assert (textbook.level, textbook.input, textbook.attention, textbook.latent_dim) == ("char", "onehot", "none", 64)
     assert not textbook.bidirectional and textbook.dropout == 0
+    assert (defaults.optimizer, textbook.optimizer) == ("adam", "rmsprop")  # the textbook compiles with "rmsprop"
+    adam = config_from_args(parse(["train", "--model-dir", "m", "--textbook", "--optimizer", "adam"]))
+    assert adam.optimizer == "adam"
 
 
 def _words(n: int) -> list[str]:

@@ -23,6 +23,7 @@ def test_defaults_round_trip(tmp_path):
         ({"learning_rate": 2.0}, "learning_rate"),
         ({"max_vocab": 3}, "max_vocab"),
         ({"dev_fraction": 0.7}, "dev_fraction"),
+        ({"optimizer": "sgd"}, "optimizer must be one of adam, rmsprop"),
     ],
 )
 def test_bad_settings_are_named(settings, message):

@@ -84,3 +84,19 @@ def test_linear_learning_rate_decay_is_applied(tmp_path):
     assert [float(row["learning_rate"]) for row in decay] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
     assert decay[0]["loss"] == constant[0]["loss"]  # same first epoch
     assert decay[2]["loss"] != constant[2]["loss"]  # then the smaller rate changes the training
+
+
+def test_compiles_the_configured_optimizer():
+    import keras
+
+    from seq2seq.model import build_model
+    from seq2seq.training import compile_model
+
+    for config, kind in (
+        (Config.textbook(latent_dim=8), keras.optimizers.RMSprop),
+        (Config(latent_dim=8), keras.optimizers.Adam),
+    ):
+        model = build_model(config, 10, 12)
+        compile_model(model, config)
+        assert type(model.optimizer) is kind
+        assert float(model.optimizer.learning_rate) == pytest.approx(config.learning_rate)

@@ -44,7 +44,8 @@ TRAIN_HELP = {
     "AVX512-BF16 (sums, states and weights stay float32; JAX backend only)",
     "epochs": "passes over the training data",
     "batch_size": "pairs per training step",
-    "learning_rate": "Adam learning rate",
+    "optimizer": "adam, or rmsprop (the textbook's)",
+    "learning_rate": "the optimizer's learning rate",
     "label_smoothing": "spread this share of each target's probability over the vocabulary",
     "clip_norm": "clip the gradients' global norm to this (0: no clipping)",
     "patience": "stop after this many epochs without improvement of --stop-metric on dev",
@@ -94,7 +95,8 @@ def add_textbook_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--textbook",
         action="store_true",
-        help="the textbook's model: characters, one-hot, one layer, no attention, latent 256, batch 64 "
+        help="the textbook's model: characters, one-hot, one layer, no attention, latent 256, batch 64, "
+        "RMSprop "
         "(options given explicitly still apply)",
     )
 

@@ -106,9 +106,13 @@ def monitored(config: Config) -> tuple[str, str]:
     return f"dev_{config.stop_metric}", "max"
 
 
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
+
+
 def compile_model(model: keras.Model, config: Config) -> None:
+    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate, global_clipnorm=config.clip_norm or None)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm or None),
+        optimizer=optimizer,
         loss=MaskedCrossEntropy(label_smoothing=config.label_smoothing),
         metrics=[MaskedAccuracy()],
     )
