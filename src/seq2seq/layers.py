@@ -10,7 +10,7 @@ A Keras `LSTM(H)` computes, at every timestep t, for input vector x_t (size D):
 x_t @ W does not depend on the previous step, so it is computed for every timestep before
 the loop: one large matrix product, or, when x_t is a one-hot vector, a row lookup, since
 one_hot(id) @ W == W[id]. The recurrent loop (`ProjectedLSTM`: a `keras.layers.RNN` over
-`ProjectedLSTMCell`, whose training loop on JAX is recurrence.py's) then only does h @ U.
+`ProjectedLSTMCell`, whose loop on JAX is recurrence.py's) then only does h @ U.
 With the same weights, the result equals `keras.layers.LSTM` on one-hot vectors
 (tests/test_layers.py proves it).
 """
@@ -133,8 +133,8 @@ class ProjectedLSTMCell(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="seq2seq")
 class ProjectedLSTM(layers.RNN):
-    """`keras.layers.RNN(ProjectedLSTMCell(units))`, whose loop, when training on the JAX
-    backend, is `recurrence.lstm` (same values, a faster backward pass); inference and
+    """`keras.layers.RNN(ProjectedLSTMCell(units))`, whose loop on the JAX backend is
+    `recurrence.lstm` (same values; no transposes to time-major, a faster backward pass);
     other backends run Keras's loop. Weights and saved files are those of the plain RNN."""
 
     def __init__(self, cell, matmul_dtype: str = "float32", **kwargs) -> None:
@@ -143,8 +143,7 @@ class ProjectedLSTM(layers.RNN):
         super().__init__(cell, **kwargs)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if keras.backend.backend() != "jax" or self.unroll or not training:
-            # the gain is in the backward pass: inference keeps Keras's loop (which compiles faster)
+        if keras.backend.backend() != "jax" or self.unroll:
             return super().inner_loop(sequences, initial_state, mask, training=training)
         from .recurrence import lstm
 
