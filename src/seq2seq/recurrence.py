@@ -74,7 +74,7 @@ def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="float32"):
+def _lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="float32"):
     """x (B, T, 4H), U (H, 4H), b (4H,), h0 and c0 (B, H), mask (B, T) ->
     outputs (B, T, H) in processing order, final h (B, H), final c (B, H).
     `matmul_dtype`: the operands' format in the products with U (see `product`)."""
@@ -131,4 +131,9 @@ def _lstm_backward(reverse, matmul_dtype, saved, cotangents):
     return dz_all, d_kernel, d_bias, dh0, dc0, jnp.zeros_like(mask)
 
 
-lstm.defvjp(_lstm_forward, _lstm_backward)
+_lstm.defvjp(_lstm_forward, _lstm_backward)
+
+# jit caches the compiled loop per shape: called eagerly (one decoding step at a time, outside
+# a compiled function), the loop would otherwise be traced and compiled again at every call.
+lstm = jax.jit(_lstm, static_argnums=(6, 7))
+lstm.__doc__ = _lstm.__doc__
