@@ -219,7 +219,11 @@ def _train_seq2seq(train, args) -> dict:
         ProjectedLSTM.inner_loop = layers.RNN.inner_loop
     # with --data-parallel each batch is split across the local devices (XLA_FLAGS makes CPU ones)
     system, devices = _seq2seq_system(
-        train, args.level, data_parallel=args.data_parallel, recurrent_matmul=args.recurrent_matmul
+        train,
+        args.level,
+        data_parallel=args.data_parallel,
+        recurrent_matmul=args.recurrent_matmul,
+        **({"optimizer": args.optimizer} if args.optimizer else {}),
     )
     measured = train if args.batches is None else train[: args.batches * BATCH]
     batches = PairBatches.from_pairs(
@@ -244,6 +248,7 @@ def _train_seq2seq(train, args) -> dict:
         scan_unroll=args.scan_unroll,
         loop="keras" if args.keras_loop else "recurrence.py",
         recurrent_matmul=args.recurrent_matmul,
+        optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),
         first_epoch_seconds=round(first, 2),
         epoch_seconds=round(seconds, 3),
@@ -396,6 +401,7 @@ def main() -> None:
     parser.add_argument(
         "--recurrent-matmul", default="float32", help="train, quality-time (seq2seq): format of the h @ U products"
     )
+    parser.add_argument("--optimizer", help="train (seq2seq): instead of the textbook's RMSprop")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)
     parser.add_argument("--train-epochs", type=int, default=5, help="training before decoding")

@@ -31,6 +31,13 @@ def test_bad_settings_are_named(settings, message):
         Config(**settings)
 
 
+def test_a_config_saved_before_a_setting_existed_loads_with_its_default(tmp_path):
+    values = Config(latent_dim=32).to_dict()
+    del values["optimizer"]  # saved before --optimizer: those models trained with Adam
+    (tmp_path / "c.json").write_text(json.dumps(values))
+    assert Config.load(tmp_path / "c.json").optimizer == "adam"
+
+
 def test_unknown_and_malformed_files_name_the_file(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"latent_dim": 8, "hidden": 3}))

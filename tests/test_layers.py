@@ -70,7 +70,7 @@ def test_initialisation_matches_keras_lstm_cell():
 @pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("go_backwards", [False, True])
 def test_jax_recurrence_matches_keras_loop_in_values_and_gradients(go_backwards, matmul_dtype):
-    """`ProjectedLSTM` runs recurrence.lstm when training on JAX: its outputs, final states
+    """`ProjectedLSTM` runs recurrence.lstm on JAX: when training, its outputs, final states
     and the gradients of all five inputs equal Keras's own loop over the same cell (JAX
     differentiates that one), padding (masked steps) included. With bfloat16 products the
     hand-written backward pass rounds its operands too, so gradients agree to ~1%."""
@@ -122,7 +122,8 @@ def test_jax_recurrence_matches_keras_loop_in_values_and_gradients(go_backwards,
         np.testing.assert_allclose(value, float32_value, rtol=0.02)
 
 
-def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch):
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch, go_backwards):
     """Inference (encoding, decoding steps) runs recurrence.lstm too on JAX (25% faster
     greedy decoding in the benchmark's setting than Keras's loop), with the same values."""
     if keras.backend.backend() != "jax":
@@ -136,8 +137,10 @@ def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch):
     x = rng.normal(size=(3, 6, 4 * UNITS)).astype("float32")
     mask = np.ones((3, 6), bool)
     mask[1, 2:] = False
-    keras_loop = layers.RNN(ProjectedLSTMCell(UNITS), return_sequences=True, return_state=True)
-    ours = ProjectedLSTM(UNITS, return_sequences=True, return_state=True)
+    keras_loop = layers.RNN(
+        ProjectedLSTMCell(UNITS), return_sequences=True, return_state=True, go_backwards=go_backwards
+    )
+    ours = ProjectedLSTM(UNITS, return_sequences=True, return_state=True, go_backwards=go_backwards)
     keras_loop(x, mask=mask)
     ours(x, mask=mask)
     for variable, value in zip(ours.weights, keras_loop.weights, strict=True):
@@ -148,3 +151,22 @@ def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch):
     ):
         np.testing.assert_allclose(ops.convert_to_numpy(actual), ops.convert_to_numpy(expected), atol=1e-5)
     assert calls, "inference must run recurrence.lstm"
+
+
+def test_the_jax_loop_is_traced_once_per_shape_when_called_eagerly(monkeypatch):
+    """Decoding one step at a time calls the loop eagerly; traced (and compiled) anew at
+    every call it made the step-by-step reference decoder 10x slower."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("the hand-written loop is JAX's")
+    from seq2seq import recurrence
+
+    traced = []
+    original = recurrence._forward
+    monkeypatch.setattr(recurrence, "_forward", lambda *args: traced.append(1) or original(*args))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 5, 4 * 7)).astype("float32")  # a shape no other test uses
+    u, b = rng.normal(size=(7, 4 * 7)).astype("float32"), np.zeros(4 * 7, "float32")
+    h0 = np.zeros((3, 7), "float32")
+    outputs = [recurrence.lstm(x, u, b, h0, h0, np.ones((3, 5), "float32"), False, "float32")[0] for _ in range(3)]
+    assert len(traced) == 1
+    np.testing.assert_array_equal(ops.convert_to_numpy(outputs[0]), ops.convert_to_numpy(outputs[2]))

@@ -50,6 +50,12 @@ def test_sweep_runs_every_point_once_and_resumes(tmp_path, capsys):
     assert again == results
     assert capsys.readouterr().err.count("done already") == 4
 
+    # a sweep.json from before a setting existed resumes: the runs used its default
+    settings = json.loads((tmp_path / "sweep.json").read_text())
+    del settings["base"]["recurrent_matmul"]
+    (tmp_path / "sweep.json").write_text(json.dumps(settings))
+    assert run_sweep(Config.textbook(**BASE), axes, tmp_path, verbose=0) == results
+
     with pytest.raises(ConfigError, match="different sweep"):
         run_sweep(Config.textbook(**BASE), {"num_samples": [300, 900]}, tmp_path, verbose=0)
 

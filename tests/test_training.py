@@ -89,14 +89,15 @@ def test_linear_learning_rate_decay_is_applied(tmp_path):
 def test_compiles_the_configured_optimizer():
     import keras
 
+    from seq2seq.config import OPTIMIZERS
     from seq2seq.model import build_model
-    from seq2seq.training import compile_model
+    from seq2seq.training import OPTIMIZER_CLASSES, compile_model
 
-    for config, kind in (
-        (Config.textbook(latent_dim=8), keras.optimizers.RMSprop),
-        (Config(latent_dim=8), keras.optimizers.Adam),
-    ):
+    assert set(OPTIMIZER_CLASSES) == set(OPTIMIZERS)
+    textbook, default = Config.textbook(latent_dim=8), Config(latent_dim=8)
+    for config, kind, clip in ((textbook, keras.optimizers.RMSprop, None), (default, keras.optimizers.Adam, 5.0)):
         model = build_model(config, 10, 12)
         compile_model(model, config)
         assert type(model.optimizer) is kind
         assert float(model.optimizer.learning_rate) == pytest.approx(config.learning_rate)
+        assert model.optimizer.global_clipnorm == clip

@@ -96,8 +96,7 @@ def add_textbook_option(parser: argparse.ArgumentParser) -> None:
         "--textbook",
         action="store_true",
         help="the textbook's model: characters, one-hot, one layer, no attention, latent 256, batch 64, "
-        "RMSprop "
-        "(options given explicitly still apply)",
+        "RMSprop (options given explicitly still apply)",
     )
 
 

@@ -143,7 +143,12 @@ class ProjectedLSTM(layers.RNN):
         super().__init__(cell, **kwargs)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
-        if keras.backend.backend() != "jax" or self.unroll:
+        if (
+            keras.backend.backend() != "jax"
+            or self.unroll
+            or self.zero_output_for_mask  # recurrence.lstm repeats h at masked steps
+            or not isinstance(self.cell, ProjectedLSTMCell)
+        ):
             return super().inner_loop(sequences, initial_state, mask, training=training)
         from .recurrence import lstm
 

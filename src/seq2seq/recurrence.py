@@ -136,4 +136,3 @@ _lstm.defvjp(_lstm_forward, _lstm_backward)
 # jit caches the compiled loop per shape: called eagerly (one decoding step at a time, outside
 # a compiled function), the loop would otherwise be traced and compiled again at every call.
 lstm = jax.jit(_lstm, static_argnums=(6, 7))
-lstm.__doc__ = _lstm.__doc__

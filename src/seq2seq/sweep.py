@@ -17,6 +17,7 @@ A sweep that is run again skips finished points and resumes an interrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -54,14 +55,22 @@ def grid(axes: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(axes[n] for n in names))]
 
 
+def _settings(config: Config) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k != "versions"}
+
+
 def prepare(base: Config, axes: dict[str, list], sweep_dir: Path) -> Split:
     """Write (or, when resuming, check) the sweep's settings and its shared split."""
     from .training import prepare_data
 
-    description = {"base": {k: v for k, v in base.to_dict().items() if k != "versions"}, "axes": axes}
+    description = {"base": _settings(base), "axes": axes}
     settings_file = sweep_dir / "sweep.json"
     if settings_file.exists():
         previous = json.loads(settings_file.read_text(encoding="utf-8"))
+        # settings added since the sweep started take their defaults, as its runs did; a
+        # base this version cannot read stays as it is, and differs
+        with contextlib.suppress(ConfigError, TypeError):
+            previous["base"] = _settings(Config.from_dict(previous.get("base", {})))
         if previous != description:
             raise ConfigError(
                 f"{sweep_dir} holds a different sweep (see {settings_file}); choose another directory to start anew"

@@ -106,11 +106,11 @@ def monitored(config: Config) -> tuple[str, str]:
     return f"dev_{config.stop_metric}", "max"
 
 
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}
+OPTIMIZER_CLASSES = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}  # config.OPTIMIZERS
 
 
 def compile_model(model: keras.Model, config: Config) -> None:
-    optimizer = OPTIMIZERS[config.optimizer](config.learning_rate, global_clipnorm=config.clip_norm or None)
+    optimizer = OPTIMIZER_CLASSES[config.optimizer](config.learning_rate, global_clipnorm=config.clip_norm or None)
     model.compile(
         optimizer=optimizer,
         loss=MaskedCrossEntropy(label_smoothing=config.label_smoothing),
