@@ -9,6 +9,19 @@ from keras import layers, ops
 
 from seq2seq.layers import OneHot, ProjectedLSTM, ProjectedLSTMCell, TokenProjection
 
+jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the hand-written loop is JAX's")
+
+
+def _count_calls(monkeypatch, name: str) -> list:
+    """Wrap `recurrence.<name>` so that each call appends to the returned list."""
+    from seq2seq import recurrence
+
+    calls: list = []
+    original = getattr(recurrence, name)
+    monkeypatch.setattr(recurrence, name, lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
 VOCAB, UNITS = 11, 6
 
 
@@ -123,16 +136,11 @@ def test_jax_recurrence_matches_keras_loop_in_values_and_gradients(go_backwards,
 
 
 @pytest.mark.parametrize("go_backwards", [False, True])
+@jax_only
 def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch, go_backwards):
     """Inference (encoding, decoding steps) runs recurrence.lstm too on JAX (25% faster
     greedy decoding in the benchmark's setting than Keras's loop), with the same values."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("the hand-written loop is JAX's")
-    from seq2seq import recurrence
-
-    calls = []
-    original = recurrence.lstm
-    monkeypatch.setattr(recurrence, "lstm", lambda *args: calls.append(1) or original(*args))
+    calls = _count_calls(monkeypatch, "lstm")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 6, 4 * UNITS)).astype("float32")
     mask = np.ones((3, 6), bool)
@@ -153,16 +161,13 @@ def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch, go_
     assert calls, "inference must run recurrence.lstm"
 
 
+@jax_only
 def test_the_jax_loop_is_traced_once_per_shape_when_called_eagerly(monkeypatch):
     """Decoding one step at a time calls the loop eagerly; traced (and compiled) anew at
     every call it made the step-by-step reference decoder 10x slower."""
-    if keras.backend.backend() != "jax":
-        pytest.skip("the hand-written loop is JAX's")
     from seq2seq import recurrence
 
-    traced = []
-    original = recurrence._forward
-    monkeypatch.setattr(recurrence, "_forward", lambda *args: traced.append(1) or original(*args))
+    traced = _count_calls(monkeypatch, "_forward")
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 5, 4 * 7)).astype("float32")  # a shape no other test uses
     u, b = rng.normal(size=(7, 4 * 7)).astype("float32"), np.zeros(4 * 7, "float32")
