@@ -114,6 +114,7 @@ LEVERS = {
     "2dev": "batch split over 2 XLA CPU devices (`--data-parallel`)",
     "2dev_1thread": "2 devices, single-threaded matrix products (`--xla_cpu_multi_thread_eigen=false`)",
     "bf16": "Keras's mixed bfloat16 policy (all layers in bfloat16)",
+    "dense_updates": "dense gradients and RMSprop updates of the one-hot input kernels (before row_sparse.py)",
     "small_pages": "without glibc's huge-page tunable (which the `seq2seq` command sets: launch.py)",
 }
 
@@ -194,6 +195,9 @@ def main() -> int:
     )
     results["train_word_seq2seq_bf16mm"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--recurrent-matmul", "bfloat16", optional=True
+    )
+    results["train_word_seq2seq_dense_updates"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--dense-kernel-updates", optional=True
     )
     results["train_word_seq2seq_sequential"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", xla_flags=SEQUENTIAL, optional=True

@@ -217,6 +217,14 @@ def _train_seq2seq(train, args) -> dict:
         from seq2seq.layers import ProjectedLSTM
 
         ProjectedLSTM.inner_loop = layers.RNN.inner_loop
+    from seq2seq import row_sparse
+    from seq2seq.model import Seq2SeqModel
+
+    if args.dense_kernel_updates:  # the comparison for row_sparse.py: Keras's own train step
+        Seq2SeqModel.train_step = keras.Model.train_step
+    row_sparse_steps: list = []  # traced steps that took row_sparse.py's path
+    sparse_step = row_sparse.train_step
+    row_sparse.train_step = lambda *a: row_sparse_steps.append(1) or sparse_step(*a)
     # with --data-parallel each batch is split across the local devices (XLA_FLAGS makes CPU ones)
     system, devices = _seq2seq_system(
         train,
@@ -247,6 +255,7 @@ def _train_seq2seq(train, args) -> dict:
         dtype_policy=args.dtype_policy,
         scan_unroll=args.scan_unroll,
         loop="keras" if args.keras_loop else "recurrence.py",
+        input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
         recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),
@@ -402,6 +411,9 @@ def main() -> None:
         "--recurrent-matmul", default="float32", help="train, quality-time (seq2seq): format of the h @ U products"
     )
     parser.add_argument("--optimizer", help="train (seq2seq): instead of the textbook's RMSprop")
+    parser.add_argument(
+        "--dense-kernel-updates", action="store_true", help="train (seq2seq, JAX): Keras's step, not row_sparse.py's"
+    )
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)
     parser.add_argument("--train-epochs", type=int, default=5, help="training before decoding")

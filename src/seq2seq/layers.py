@@ -17,6 +17,10 @@ With the same weights, the result equals `keras.layers.LSTM` on one-hot vectors
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping
+
 import keras
 from keras import layers, ops
 
@@ -46,6 +50,22 @@ class OneHot(layers.Layer):
         return {**super().get_config(), "depth": self.depth, "mask_padding": self.mask_padding}
 
 
+_LOOKUP_TAPS: contextvars.ContextVar[Mapping | None] = contextvars.ContextVar("lookup_taps", default=None)
+
+
+@contextlib.contextmanager
+def lookup_taps(taps: Mapping) -> Iterator[None]:
+    """While tracing inside this block, the `TokenProjection` named k returns
+    stop_gradient(kernel)[ids] + taps[k] (taps[k]: zeros of shape (B, T, units)), so the
+    gradient of the loss reaches taps[k] (the lookup's output) instead of the kernel.
+    row_sparse.py updates the kernel from it, row by row."""
+    token = _LOOKUP_TAPS.set(taps)
+    try:
+        yield
+    finally:
+        _LOOKUP_TAPS.reset(token)
+
+
 @keras.saving.register_keras_serializable(package="seq2seq")
 class TokenProjection(layers.Layer):
     """one_hot(ids) @ kernel, computed as the row lookup kernel[ids].
@@ -65,9 +85,13 @@ class TokenProjection(layers.Layer):
         self.kernel = self.add_weight(shape=(self.vocab_size, self.units), initializer="glorot_uniform", name="kernel")
 
     def call(self, ids):
+        tap = (_LOOKUP_TAPS.get() or {}).get(self.name)
+        kernel = self.kernel.value if tap is None else ops.stop_gradient(self.kernel.value)
         if keras.backend.backend() == "jax":  # ids come from the vocabulary: skip the bounds check
-            return self.kernel.value.at[ops.cast(ids, "int32")].get(mode="promise_in_bounds")
-        return ops.take(self.kernel, ops.cast(ids, "int32"), axis=0)
+            rows = kernel.at[ops.cast(ids, "int32")].get(mode="promise_in_bounds")
+        else:
+            rows = ops.take(kernel, ops.cast(ids, "int32"), axis=0)
+        return rows if tap is None else rows + tap
 
     def compute_mask(self, ids, mask=None):
         return ops.not_equal(ids, PAD_ID) if self.mask_padding else None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
+from . import row_sparse
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
 from .layers import ProjectedLSTM, TiedEmbedding, TokenProjection
@@ -176,6 +177,24 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
     return logits, attention, new_state
 
 
+@keras.saving.register_keras_serializable(package="seq2seq")
+class Seq2SeqModel(keras.Model):
+    """The functional training model. On JAX with RMSprop, its train step updates the
+    one-hot input kernels row by row (row_sparse.py): the same step, without the dense
+    (V, 4H) gradient of a lookup."""
+
+    LOOKUP_INPUTS = {"source_projection": SOURCE_IDS, "target_projection": DECODER_INPUT_IDS}
+
+    def train_step(self, *args):
+        if keras.backend.backend() == "jax":
+            state, data = args
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            kernels = row_sparse.row_sparse_kernels(self, x, self.LOOKUP_INPUTS) if isinstance(x, dict) else []
+            if kernels:
+                return row_sparse.train_step(self, state, data, kernels)
+        return super().train_step(*args)
+
+
 def build_model(config: Config, source_vocab_size: int, target_vocab_size: int) -> keras.Model:
     """The training model: [source ids (B, S), decoder input ids (B, T)] -> logits (B, T, V)."""
     found = LayerSource()
@@ -185,7 +204,7 @@ def build_model(config: Config, source_vocab_size: int, target_vocab_size: int) 
     decoder_input_ids = keras.Input(shape=(None,), dtype="int32", name=DECODER_INPUT_IDS)
     state = initial_decoder_state(config, encoder_states)
     logits, _, _ = decode(config, found, decoder_input_ids, context, state, target_vocab_size)
-    return keras.Model([source_ids, decoder_input_ids], logits, name="seq2seq")
+    return Seq2SeqModel([source_ids, decoder_input_ids], logits, name="seq2seq")
 
 
 @dataclass
