@@ -75,7 +75,7 @@ def row_sparse_kernels(model: keras.Model, inputs: dict, layer_inputs: dict[str,
         layer = next((layer for layer in model.layers if layer.name == layer_name), None)
         if not isinstance(layer, TokenProjection) or not layer.trainable or input_name not in inputs:
             continue
-        if inputs[input_name].size >= layer.vocab_size:  # most rows looked up: the dense step is as cheap
+        if inputs[input_name].size >= layer.vocab_size:  # as many positions as rows (char level): no saving
             continue
         velocity = optimizer._velocities[optimizer._get_variable_index(layer.kernel)]
         kernels.append(
