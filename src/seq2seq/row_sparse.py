@@ -18,12 +18,13 @@ RMSprop updates every other variable as usual; tests/test_row_sparse.py checks t
 against Keras's own step.
 
 Used only where it is exact and pays: JAX, Keras's RMSprop with no momentum, centring,
-clipping or moving average, one device, and fewer looked-up positions than rows
-(word level, not char level).
+clipping, weight decay or moving average, one device, float32 lookups (not mixed
+precision), and fewer looked-up positions than rows (word level, not char level).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ def row_sparse_kernels(model: keras.Model, inputs: dict, layer_inputs: dict[str,
         layer = next((layer for layer in model.layers if layer.name == layer_name), None)
         if not isinstance(layer, TokenProjection) or not layer.trainable or input_name not in inputs:
             continue
+        if layer.compute_dtype != layer.kernel.dtype:  # e.g. mixed_bfloat16: Keras sums the rows in bfloat16
+            continue
         if inputs[input_name].size >= layer.vocab_size:  # as many positions as rows (char level): no saving
             continue
         velocity = optimizer._velocities[optimizer._get_variable_index(layer.kernel)]
@@ -86,7 +89,8 @@ def row_sparse_kernels(model: keras.Model, inputs: dict, layer_inputs: dict[str,
                 _index_of(velocity, optimizer.variables),
             )
         )
-    return kernels
+    # Keras's optimizer still steps the other variables, and refuses a step with none
+    return kernels if len(kernels) < len(model.trainable_variables) else []
 
 
 def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float, epsilon: float):
@@ -98,6 +102,7 @@ def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float
     import jax.numpy as jnp
 
     vocab_size = kernel.shape[0]
+    learning_rate = jnp.asarray(learning_rate).astype(kernel.dtype)  # as Keras casts it
     ids = ids.reshape(-1).astype("int32")
     positions = ids.shape[0]
     # Distinct ids, padded with vocab_size (out of range: its reads are 0 and its writes dropped).
@@ -143,12 +148,13 @@ def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
     (_, aux), (gradients, tap_gradients) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(trainable, taps)
     unscaled_loss, y_pred, non_trainable, metrics_variables = aux
     with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_variables, strict=True))):
-        learning_rate = jnp.asarray(optimizer.learning_rate, "float32")  # before the step, as Keras reads it
+        learning_rate = jnp.asarray(optimizer.learning_rate)  # before the step, as Keras reads it
 
-    skipped = {k.kernel_index for k in kernels}
+    skipped = sorted(k.kernel_index for k in kernels)
     gradients = [None if i in skipped else g for i, g in enumerate(gradients)]
-    with warnings.catch_warnings():  # Keras warns about the variables given no gradient: these kernels
-        warnings.filterwarnings("ignore", message="Gradients do not exist")
+    with warnings.catch_warnings():  # Keras warns of variables given no gradient: silence it for these only
+        paths = [model.trainable_variables[i].path for i in skipped]
+        warnings.filterwarnings("ignore", message=re.escape(f"Gradients do not exist for variables {paths} "))
         trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, gradients, trainable)
     trainable, optimizer_variables = list(trainable), list(optimizer_variables)
     for k in kernels:
@@ -157,7 +163,7 @@ def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
             optimizer_variables[k.velocity_index],
             x[k.input_name],
             tap_gradients[k.layer.name],
-            learning_rate.astype(trainable[k.kernel_index].dtype),
+            learning_rate,
             optimizer.rho,
             optimizer.epsilon,
         )
