@@ -384,7 +384,6 @@ def measure_quality_time(args) -> None:
         system, _ = _seq2seq_system(
             train,
             args.level,
-            **({"vocab_size": args.vocab_size} if args.level == "subword" else {}),
             input="embedding",
             attention="luong",
             bidirectional=True,
@@ -409,9 +408,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["peak", "train", "decode", "quality-time"])
     parser.add_argument("--impl", choices=["textbook", "seq2seq"], default="seq2seq")
-    parser.add_argument("--level", choices=["char", "word", "subword"], default="char")
+    parser.add_argument("--level", choices=["char", "word"], default="char")
     parser.add_argument("--pairs", type=int, default=10_000)
-    parser.add_argument("--vocab-size", type=int, default=2000, help="quality-time (seq2seq, subword): pieces per side")
     parser.add_argument("--batches", type=int, help="measure on the first K batches only")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes (train) or most epochs (quality-time)")
     parser.add_argument("--data-parallel", action="store_true", help="train: split batches across local devices")

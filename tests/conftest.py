@@ -33,3 +33,11 @@ def reverse_model(reverse_model_dir) -> Seq2Seq:
 def write_text(path: Path, text: str) -> Path:
     path.write_bytes(text.encode("utf-8"))
     return path
+
+
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Wrap `module.<name>` so that each call appends to the returned list."""
+    calls: list = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or original(*args))
+    return calls

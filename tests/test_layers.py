@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
+from seq2seq import recurrence
 from seq2seq.layers import OneHot, ProjectedLSTM, ProjectedLSTMCell, TokenProjection
 
+from .conftest import count_calls
+
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the hand-written loop is JAX's")
-
-
-def _count_calls(monkeypatch, name: str) -> list:
-    """Wrap `recurrence.<name>` so that each call appends to the returned list."""
-    from seq2seq import recurrence
-
-    calls: list = []
-    original = getattr(recurrence, name)
-    monkeypatch.setattr(recurrence, name, lambda *args: calls.append(1) or original(*args))
-    return calls
 
 
 VOCAB, UNITS = 11, 6
@@ -140,7 +133,7 @@ def test_jax_recurrence_matches_keras_loop_in_values_and_gradients(go_backwards,
 def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch, go_backwards):
     """Inference (encoding, decoding steps) runs recurrence.lstm too on JAX (25% faster
     greedy decoding in the benchmark's setting than Keras's loop), with the same values."""
-    calls = _count_calls(monkeypatch, "lstm")
+    calls = count_calls(monkeypatch, recurrence, "lstm")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 6, 4 * UNITS)).astype("float32")
     mask = np.ones((3, 6), bool)
@@ -165,9 +158,7 @@ def test_jax_recurrence_serves_inference_with_keras_loop_values(monkeypatch, go_
 def test_the_jax_loop_is_traced_once_per_shape_when_called_eagerly(monkeypatch):
     """Decoding one step at a time calls the loop eagerly; traced (and compiled) anew at
     every call it made the step-by-step reference decoder 10x slower."""
-    from seq2seq import recurrence
-
-    traced = _count_calls(monkeypatch, "_forward")
+    traced = count_calls(monkeypatch, recurrence, "_forward")
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 5, 4 * 7)).astype("float32")  # a shape no other test uses
     u, b = rng.normal(size=(7, 4 * 7)).astype("float32"), np.zeros(4 * 7, "float32")

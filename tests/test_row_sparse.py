@@ -11,6 +11,8 @@ from seq2seq.config import Config
 from seq2seq.model import DECODER_INPUT_IDS, SOURCE_IDS, Seq2SeqModel, build_model
 from seq2seq.training import compile_model
 
+from .conftest import count_calls
+
 jax_only = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the row-sparse step is JAX's")
 
 SOURCE_VOCAB, TARGET_VOCAB = 40, 50
@@ -41,9 +43,7 @@ def _models():
 
 @jax_only
 def test_row_sparse_steps_equal_keras_rmsprop(monkeypatch):
-    calls: list = []
-    original = row_sparse.rmsprop_rows
-    monkeypatch.setattr(row_sparse, "rmsprop_rows", lambda *args: calls.append(1) or original(*args))
+    calls = count_calls(monkeypatch, row_sparse, "rmsprop_rows")
     model, reference = _models()
     assert isinstance(model, Seq2SeqModel) and not isinstance(reference, Seq2SeqModel)
     before = model.get_layer("target_projection").get_weights()[0]
