@@ -36,9 +36,12 @@ def test_model_dir_contents(reverse_model_dir):
     assert len(history) == REVERSE_SETTINGS["epochs"]
     assert {"loss", "val_loss", "dev_bleu", "dev_chrf", "seconds"} <= set(history[0])
     # dev scores follow the training (regression: they once stayed at the first epoch's)
-    # (single-word outputs: BLEU is 0 throughout, chrF and exact match tell)
-    assert float(history[-1]["dev_exact"]) > float(history[0]["dev_exact"]) + 0.5
-    assert float(history[-1]["dev_chrf"]) > float(history[0]["dev_chrf"]) + 30
+    # (single-word outputs: BLEU is 0 throughout, chrF and exact match tell). The best
+    # epoch, which is the one kept: at this learning rate without clipping a late epoch
+    # can spike (on one CPU the last epoch's dev exact match fell from 0.95 to 0.36).
+    best = max(history, key=lambda row: float(row["dev_chrf"]))
+    assert float(best["dev_exact"]) > float(history[0]["dev_exact"]) + 0.5
+    assert float(best["dev_chrf"]) > float(history[0]["dev_chrf"]) + 30
 
 
 def test_save_then_load_gives_identical_outputs(reverse_model, reverse_model_dir, tmp_path):
