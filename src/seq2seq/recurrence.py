@@ -121,12 +121,9 @@ def _lstm_backward(reverse, matmul_dtype, saved, cotangents):
     h_read = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
     if reverse:
         h_read = jnp.flip(h_read, axis=1)
-    if matmul_dtype == "float32":
-        d_kernel = jnp.einsum("bth,btk->hk", h_read, dz_all)
-    else:
-        d_kernel = jnp.einsum(
-            "bth,btk->hk", h_read.astype(matmul_dtype), dz_all.astype(matmul_dtype), preferred_element_type=h0.dtype
-        )
+    # as one 2-D product, (B*T, H)^T @ (B*T, 4H): XLA ran the same sum written as an einsum
+    # over (b, t) at 250 GFLOP/s and this at 430 (B=64, T=20, H=256)
+    d_kernel = product(h_read.reshape(-1, units).T, dz_all.reshape(-1, 4 * units), matmul_dtype)
     d_bias = dz_all.sum(axis=(0, 1))
     return dz_all, d_kernel, d_bias, dh0, dc0, jnp.zeros_like(mask)
 
