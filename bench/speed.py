@@ -180,10 +180,11 @@ def _seq2seq_system(train, level: str, **settings):
     from seq2seq.api import Seq2Seq
     from seq2seq.config import Config
     from seq2seq.model import build_model
-    from seq2seq.training import compile_model, devices_for, fit_codecs
+    from seq2seq.training import compile_model, devices_for, fit_codecs, with_decoding_limits
 
     config = Config.textbook(**{"level": level, "latent_dim": LATENT, "batch_size": BATCH, **settings})
     source, target = fit_codecs(config, train)
+    config = with_decoding_limits(config, source, target, train)  # as `seq2seq train` sets them
     scope, devices = devices_for(config)
     with scope:
         model = build_model(config, len(source), len(target))

@@ -13,6 +13,7 @@ from seq2seq.api import HISTORY_FILE
 from seq2seq.data import Split
 from seq2seq.decoding import DecodingOptions, stepwise_greedy
 from seq2seq.training import ModelDirExistsError, train
+from seq2seq.vocab import END_ID
 
 from .conftest import REVERSE_SETTINGS
 
@@ -104,3 +105,40 @@ def test_compiles_the_configured_optimizer():
         assert type(model.optimizer) is kind
         assert float(model.optimizer.learning_rate) == pytest.approx(config.learning_rate)
         assert model.optimizer.global_clipnorm == clip
+
+
+def test_default_length_ratio_lets_every_training_target_fit(reverse_model_dir):
+    """The output limit computed from the training pairs never cuts one of them short."""
+    from seq2seq.api import MIN_LENGTH_RATIO
+    from seq2seq.training import default_length_ratio
+
+    system = Seq2Seq.load(reverse_model_dir)
+    pairs = Split.load(reverse_model_dir / "split").train
+    ratio = default_length_ratio(system.source, system.target, pairs)
+    assert ratio >= MIN_LENGTH_RATIO and system.config.max_length_ratio == ratio
+    for pair in pairs:
+        source, target = system.encode([pair.source])[0], system.target.encode(pair.target)
+        assert len(target) <= system.output_limit(len(source), max_length=10**6), pair
+
+
+def test_outputs_that_never_end_stop_at_their_batch_limit(reverse_model_dir):
+    """A row that never produces <end> stops at ratio x its batch's longest source (plus a
+    margin), not at max_length; without a ratio, at max_length."""
+    from dataclasses import replace
+
+    import keras
+
+    system = Seq2Seq.load(reverse_model_dir)
+    bias = system.model.get_layer("output_projection").bias
+    never_end = keras.ops.convert_to_numpy(bias).copy()
+    never_end[END_ID] = -1e4
+    bias.assign(never_end)
+    system.config = replace(system.config, max_length=200, max_length_ratio=1.5)
+    short, long = "ab", "abcdefghijklmnopqrst"
+    options = DecodingOptions(batch_size=1)
+    lengths = [len(ids) for (ids, _), *_ in system.generate(system.encode([short, long]), options)]
+    limits = [system.output_limit(len(s), 200) for s in system.encode([short, long])]
+    assert lengths == limits and limits[0] < limits[1] < 200
+    assert limits == [16, 40]  # ceil(1.5 * 2) + 10 = 13 and 30 + 10 = 40, rounded up to multiples of 8
+    system.config = replace(system.config, max_length_ratio=None)
+    assert [len(ids) for (ids, _), *_ in system.generate(system.encode([short]), options)] == [200]

@@ -14,6 +14,7 @@ A model directory holds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,10 @@ TARGET_VOCAB_FILE = "target_vocab.json"
 MODEL_FILE = "model.keras"
 SPLIT_DIR = "split"
 HISTORY_FILE = "history.csv"
+# an output may run ratio x (source tokens) + LENGTH_MARGIN tokens (see `output_limit`)
+LENGTH_MARGIN = 10
+MIN_LENGTH_RATIO = 1.5
+LIMIT_MULTIPLE = 8  # limits are rounded up to this, so few decoders are compiled
 
 
 class ModelDirError(FileNotFoundError):
@@ -80,6 +85,17 @@ class Seq2Seq:
     def max_length(self) -> int:
         return self.config.max_length or 100
 
+    def output_limit(self, longest_source: int, max_length: int) -> int:
+        """Tokens a batch's outputs may run: `max_length`, and with the config's
+        `max_length_ratio` no more than ratio x its longest source + LENGTH_MARGIN (rounded
+        up to LIMIT_MULTIPLE). A compiled loop runs until its last row ends, so a row that
+        never produces <end> would otherwise keep the whole batch going to `max_length`."""
+        ratio = self.config.max_length_ratio
+        if ratio is None:
+            return max_length
+        limit = math.ceil(max(ratio, MIN_LENGTH_RATIO) * longest_source) + LENGTH_MARGIN
+        return min(max_length, -(-limit // LIMIT_MULTIPLE) * LIMIT_MULTIPLE)
+
     @property
     def parts(self) -> InferenceParts:
         if self._parts is None:
@@ -106,16 +122,18 @@ class Seq2Seq:
         """For each source id list, n-best (target ids up to and including <end>, score).
 
         Inputs are sorted by length and decoded `options.batch_size` at a time, so that
-        batches hold similar lengths; empty inputs give an empty output.
+        batches hold similar lengths; empty inputs give an empty output. Outputs stop at
+        <end> or at the batch's `output_limit`.
         """
         options = options or DecodingOptions()
         max_length = options.max_length or self.max_length
-        decoder = self._decoder(options, max_length)
         results: list[list[tuple[list[int], float]]] = [[([], float("nan"))] for _ in source_ids]
         order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
         for number, start in enumerate(range(0, len(order), options.batch_size)):
             rows = order[start : start + options.batch_size]
             batch = pad([source_ids[i] for i in rows])
+            longest = max(len(source_ids[i]) for i in rows)
+            decoder = self._decoder(options, self.output_limit(longest, max_length))
             batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
             if options.sample:
                 seed = np.array([options.seed, number * max_length * 8], dtype="int32")

@@ -59,6 +59,8 @@ TRAIN_HELP = {
     "data_parallel": "split every batch across all local devices (see README for several machines)",
     "seed": "seed for sampling, splitting, initialisation and shuffling",
     "max_length": "longest output generated, in tokens (default: from the training data)",
+    "max_length_ratio": "outputs also stop after this many tokens per source token of their batch's longest "
+    "input, plus 10 (default: from the training data)",
 }
 INTERNAL_FIELDS = {"versions"}
 

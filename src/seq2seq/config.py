@@ -106,6 +106,8 @@ class Config:
     seed: int = 0
     # decoding
     max_length: int | None = None
+    # a batch's outputs also stop after ratio x its longest source + LENGTH_MARGIN tokens
+    max_length_ratio: float | None = None
     # written by the toolkit, not by users
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -154,6 +156,8 @@ class Config:
             raise ConfigError(f"max_vocab must be at least 5 (4 special tokens + 1), got {self.max_vocab}")
         if self.max_length is not None:
             _positive("max_length", self.max_length)
+        if self.max_length_ratio is not None and not self.max_length_ratio > 0:
+            raise ConfigError(f"max_length_ratio must be positive, got {self.max_length_ratio}")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         for name in ("dev_fraction", "test_fraction"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 from . import backend
-from .api import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, Seq2Seq
+from .api import CONFIG_FILE, HISTORY_FILE, LENGTH_MARGIN, MIN_LENGTH_RATIO, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
     DevScores,
@@ -89,6 +89,29 @@ def default_max_length(target: Codec, pairs: list[Pair]) -> int:
     return int(longest * 1.5) + 5
 
 
+def default_length_ratio(source: Codec, target: Codec, pairs: list[Pair]) -> float:
+    """Output tokens per source token (see `api.output_limit`) within which every training
+    target fits, and at least MIN_LENGTH_RATIO: an output that has not ended by then is
+    almost surely repeating itself."""
+    return max(
+        [MIN_LENGTH_RATIO]
+        + [
+            (len(target.tokenizer.tokenize(p.target)) - LENGTH_MARGIN)
+            / max(1, len(source.tokenizer.tokenize(p.source)))
+            for p in pairs
+        ]
+    )
+
+
+def with_decoding_limits(config: Config, source: Codec, target: Codec, pairs: list[Pair]) -> Config:
+    """`config` with the output limits it leaves unset taken from the training pairs."""
+    return replace(
+        config,
+        max_length=config.max_length or default_max_length(target, pairs),
+        max_length_ratio=config.max_length_ratio or default_length_ratio(source, target, pairs),
+    )
+
+
 def check_model_dir(model_dir: Path, overwrite: bool) -> None:
     if (model_dir / MODEL_FILE).exists() and not overwrite:
         raise ModelDirExistsError(
@@ -137,11 +160,7 @@ def train(
 
     split = prepare_data(config)
     source, target = fit_codecs(config, split.train)
-    config = replace(
-        config,
-        max_length=config.max_length or default_max_length(target, split.train),
-        versions=library_versions(),
-    )
+    config = replace(with_decoding_limits(config, source, target, split.train), versions=library_versions())
     scope, devices = devices_for(config)
     with scope:
         model = build_model(config, len(source), len(target))
