@@ -109,12 +109,12 @@ def test_compiles_the_configured_optimizer():
 
 def test_default_length_ratio_lets_every_training_target_fit(reverse_model_dir):
     """The output limit computed from the training pairs never cuts one of them short."""
-    from seq2seq.api import MIN_LENGTH_RATIO
-    from seq2seq.training import default_length_ratio
+    from seq2seq.training import MIN_LENGTH_RATIO, default_length_ratio
 
     system = Seq2Seq.load(reverse_model_dir)
     pairs = Split.load(reverse_model_dir / "split").train
-    ratio = default_length_ratio(system.source, system.target, pairs)
+    tokenize = system.source.tokenizer.tokenize, system.target.tokenizer.tokenize
+    ratio = default_length_ratio([(len(tokenize[0](p.source)), len(tokenize[1](p.target))) for p in pairs])
     assert ratio >= MIN_LENGTH_RATIO and system.config.max_length_ratio == ratio
     for pair in pairs:
         source, target = system.encode([pair.source])[0], system.target.encode(pair.target)

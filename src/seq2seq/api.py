@@ -37,7 +37,6 @@ SPLIT_DIR = "split"
 HISTORY_FILE = "history.csv"
 # an output may run ratio x (source tokens) + LENGTH_MARGIN tokens (see `output_limit`)
 LENGTH_MARGIN = 10
-MIN_LENGTH_RATIO = 1.5
 LIMIT_MULTIPLE = 8  # limits are rounded up to this, so few decoders are compiled
 
 
@@ -93,7 +92,7 @@ class Seq2Seq:
         ratio = self.config.max_length_ratio
         if ratio is None:
             return max_length
-        limit = math.ceil(max(ratio, MIN_LENGTH_RATIO) * longest_source) + LENGTH_MARGIN
+        limit = math.ceil(ratio * longest_source) + LENGTH_MARGIN
         return min(max_length, -(-limit // LIMIT_MULTIPLE) * LIMIT_MULTIPLE)
 
     @property

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from .api import LENGTH_MARGIN
 from .config import Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
@@ -60,7 +61,7 @@ TRAIN_HELP = {
     "seed": "seed for sampling, splitting, initialisation and shuffling",
     "max_length": "longest output generated, in tokens (default: from the training data)",
     "max_length_ratio": "outputs also stop after this many tokens per source token of their batch's longest "
-    "input, plus 10 (default: from the training data)",
+    f"input, plus {LENGTH_MARGIN} (default: from the training data)",
 }
 INTERNAL_FIELDS = {"versions"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 from . import backend
-from .api import CONFIG_FILE, HISTORY_FILE, LENGTH_MARGIN, MIN_LENGTH_RATIO, MODEL_FILE, SPLIT_DIR, Seq2Seq
+from .api import CONFIG_FILE, HISTORY_FILE, LENGTH_MARGIN, MODEL_FILE, SPLIT_DIR, Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
     DevScores,
@@ -83,32 +83,30 @@ def fit_codecs(config: Config, pairs: list[Pair]) -> tuple[Codec, Codec]:
     return codecs[0], codecs[1]
 
 
-def default_max_length(target: Codec, pairs: list[Pair]) -> int:
+MIN_LENGTH_RATIO = 1.5  # the default ratio's floor (see default_length_ratio)
+
+
+def default_max_length(longest_target: int) -> int:
     """Generation limit: half again the longest training target, plus a little."""
-    longest = max(len(target.tokenizer.tokenize(p.target)) for p in pairs)
-    return int(longest * 1.5) + 5
+    return int(longest_target * 1.5) + 5
 
 
-def default_length_ratio(source: Codec, target: Codec, pairs: list[Pair]) -> float:
+def default_length_ratio(lengths: list[tuple[int, int]]) -> float:
     """Output tokens per source token (see `api.output_limit`) within which every training
-    target fits, and at least MIN_LENGTH_RATIO: an output that has not ended by then is
-    almost surely repeating itself."""
-    return max(
-        [MIN_LENGTH_RATIO]
-        + [
-            (len(target.tokenizer.tokenize(p.target)) - LENGTH_MARGIN)
-            / max(1, len(source.tokenizer.tokenize(p.source)))
-            for p in pairs
-        ]
-    )
+    target fits, given (source, target) token counts, and at least MIN_LENGTH_RATIO: an
+    output that has not ended by then is almost surely repeating itself."""
+    return max([MIN_LENGTH_RATIO] + [(target - LENGTH_MARGIN) / max(1, source) for source, target in lengths])
 
 
 def with_decoding_limits(config: Config, source: Codec, target: Codec, pairs: list[Pair]) -> Config:
     """`config` with the output limits it leaves unset taken from the training pairs."""
+    if config.max_length and config.max_length_ratio:
+        return config
+    lengths = [(len(source.tokenizer.tokenize(p.source)), len(target.tokenizer.tokenize(p.target))) for p in pairs]
     return replace(
         config,
-        max_length=config.max_length or default_max_length(target, pairs),
-        max_length_ratio=config.max_length_ratio or default_length_ratio(source, target, pairs),
+        max_length=config.max_length or default_max_length(max(t for _, t in lengths)),
+        max_length_ratio=config.max_length_ratio or default_length_ratio(lengths),
     )
 
 
