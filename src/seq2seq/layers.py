@@ -158,8 +158,9 @@ class ProjectedLSTMCell(layers.Layer):
 @keras.saving.register_keras_serializable(package="seq2seq")
 class ProjectedLSTM(layers.RNN):
     """`keras.layers.RNN(ProjectedLSTMCell(units))`, whose loop on the JAX backend is
-    `recurrence.lstm` (same values; no transposes to time-major, a faster backward pass);
-    other backends run Keras's loop. Weights and saved files are those of the plain RNN."""
+    `recurrence.lstm` (same values; no transposes to time-major, a faster backward pass,
+    compiled C++ where available); other backends run Keras's loop. Weights and saved files
+    are those of the plain RNN."""
 
     def __init__(self, cell, matmul_dtype: str = "float32", **kwargs) -> None:
         if isinstance(cell, int):
@@ -187,6 +188,7 @@ class ProjectedLSTM(layers.RNN):
             real,
             self.go_backwards,
             self.cell.matmul_dtype,
+            keras.distribution.distribution() is None,  # the C++ loop has no sharding rule
         )
         return h, outputs, [h, c]
 

@@ -21,6 +21,12 @@ fast as with Keras's loop in the last two benchmark runs (bench/run.py measures 
 gradients). x = inputs @ W: (B, T, 4H); mask: (B, T), 1.0 for real steps; a masked step
 keeps the previous h and c and outputs h. With `reverse`, steps run from T-1 to 0 and
 outputs are written in the order they are made (Keras's `go_backwards`).
+
+In training, both loops (forward and backward) run as compiled C++ instead (native.py)
+when it is available and can: float32 throughout, H a multiple of 32, and `native`
+allowed by the caller (not under a data-parallel distribution, which the C++ call has no
+sharding rule for). XLA's loops below are the reference it is tested against, the
+fallback, and what inference runs.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from . import native as native_loop
 
 
 def product(a, b, dtype: str = "float32"):
@@ -46,10 +54,41 @@ def _gates(z):
     return jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1)
 
 
-def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype):
+def _runs_native(x, units: int, matmul_dtype: str, allowed: bool) -> bool:
+    return (
+        allowed
+        and matmul_dtype == "float32"
+        and x.dtype == jnp.float32
+        and units % native_loop.UNIT_MULTIPLE == 0
+        and native_loop.available()
+    )
+
+
+def panels(matrix):
+    """(k, n) -> (n / 32, k, 32): the layout the C++ loop's product reads B in, 32 columns
+    at a time, contiguous. A transpose XLA does once per call (and hoists out of a
+    decoding loop, where U does not change between steps)."""
+    k, n = matrix.shape
+    width = native_loop.UNIT_MULTIPLE
+    return matrix.reshape(k, n // width, width).transpose(1, 0, 2)
+
+
+def _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse):
+    batch, steps, four = x.shape
+    shapes = [(batch, steps, four // 4)] * 2 + [(batch, steps, four)] + [(batch, four // 4)] * 2
+    call = jax.ffi.ffi_call(native_loop.FORWARD, [jax.ShapeDtypeStruct(s, x.dtype) for s in shapes])
+    hs, cs, gates, h, c = call(x, panels(recurrent_kernel), bias, h0, c0, mask.astype(x.dtype), reverse=reverse)
+    return (hs, h, c), (hs, cs, gates)
+
+
+def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native):
+    """-> (outputs (B, T, H), final h, final c), (hs, cs (B, T, H), gates (B, T, 4H)) for
+    the backward pass."""
+    units = h0.shape[-1]
+    if _runs_native(x, units, matmul_dtype, native):
+        return _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse)
     steps = x.shape[1]
     kernel = recurrent_kernel if matmul_dtype == "float32" else recurrent_kernel.astype(matmul_dtype)
-    units = h0.shape[-1]
 
     def step(t, loop):
         h, c, hs, cs, gates = loop
@@ -73,24 +112,34 @@ def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype):
     return (hs, h, c), (hs, cs, gates)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="float32"):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="float32", native=True):
     """x (B, T, 4H), U (H, 4H), b (4H,), h0 and c0 (B, H), mask (B, T) ->
     outputs (B, T, H) in processing order, final h (B, H), final c (B, H).
-    `matmul_dtype`: the operands' format in the products with U (see `product`)."""
-    return _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype)[0]
+    `matmul_dtype`: the operands' format in the products with U (see `product`);
+    `native`: training may use the C++ loop (see the module's docstring). Inference (this
+    function undifferentiated: encoding, decoding steps) runs XLA's loop: in the greedy
+    decoding benchmark the C++ loop was slower there (0.107 against 0.090 s a pass)."""
+    return _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, False)[0]
 
 
-def _lstm_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype):
-    outputs, (hs, cs, gates) = _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype)
+def _lstm_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native):
+    outputs, (hs, cs, gates) = _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native)
     return outputs, (recurrent_kernel, h0, c0, mask, hs, cs, gates)
 
 
-def _lstm_backward(reverse, matmul_dtype, saved, cotangents):
-    recurrent_kernel, h0, c0, mask, hs, cs, gates = saved
-    d_outputs, d_h_final, d_c_final = cotangents
-    steps = hs.shape[1]
-    units = h0.shape[-1]
+def _native_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse):
+    """-> dz (B, T, 4H) in input order, dh0, dc0 (B, H)."""
+    shapes = [gates.shape, c0.shape, c0.shape]
+    call = jax.ffi.ffi_call(native_loop.BACKWARD, [jax.ShapeDtypeStruct(s, gates.dtype) for s in shapes])
+    mask = mask.astype(gates.dtype)
+    return call(d_outputs, d_h_final, d_c_final, panels(recurrent_kernel.T), gates, cs, c0, mask, reverse=reverse)
+
+
+def _xla_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse, matmul_dtype):
+    """-> dz (B, T, 4H) in input order, dh0, dc0 (B, H)."""
+    steps = cs.shape[1]
+    units = c0.shape[-1]
     kernel_t = recurrent_kernel.T if matmul_dtype == "float32" else recurrent_kernel.T.astype(matmul_dtype)
 
     def step(n, loop):
@@ -117,6 +166,18 @@ def _lstm_backward(reverse, matmul_dtype, saved, cotangents):
 
     init = (d_h_final, d_c_final, jnp.zeros(gates.shape, gates.dtype))
     dh0, dc0, dz_all = lax.fori_loop(0, steps, step, init)
+    return dz_all, dh0, dc0
+
+
+def _lstm_backward(reverse, matmul_dtype, native, saved, cotangents):
+    recurrent_kernel, h0, c0, mask, hs, cs, gates = saved
+    d_outputs, d_h_final, d_c_final = cotangents
+    units = h0.shape[-1]
+    state = (recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse)
+    if _runs_native(gates, units, matmul_dtype, native):
+        dz_all, dh0, dc0 = _native_backward(*state)
+    else:
+        dz_all, dh0, dc0 = _xla_backward(*state, matmul_dtype)
     # dz_all is in input order; the h each step read, in processing order, lines up with it
     h_read = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
     if reverse:
@@ -132,4 +193,4 @@ _lstm.defvjp(_lstm_forward, _lstm_backward)
 
 # jit caches the compiled loop per shape: called eagerly (one decoding step at a time, outside
 # a compiled function), the loop would otherwise be traced and compiled again at every call.
-lstm = jax.jit(_lstm, static_argnums=(6, 7))
+lstm = jax.jit(_lstm, static_argnums=(6, 7, 8))

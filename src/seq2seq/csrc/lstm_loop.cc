@@ -1,0 +1,283 @@
+// The LSTM's recurrent loop, forward and backward, as XLA FFI handlers for the CPU
+// (seq2seq/native.py builds and registers them; seq2seq/recurrence.py calls them).
+//
+// In XLA's own loop (recurrence.py) a char-level step spent about as long in the gates'
+// elementwise work, which XLA runs unvectorised, as in the product h @ U. Here:
+// - rows of a batch are independent in the recurrence, so the batch is split in two
+//   halves, one on the calling thread and one on XLA's intra-op pool, and each runs every
+//   step of its rows without waiting for the other;
+// - a step is z = x_t + b + h @ U, a register-blocked AVX-512 product against U packed
+//   in panels, then the gates' elementwise work in vectorised loops.
+// Shapes and semantics are recurrence.py's; tests/test_native.py compares the two.
+#ifndef __AVX512F__
+#error "the native LSTM loop needs AVX-512F (seq2seq then uses XLA's loop)"
+#endif
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using F32 = ffi::Buffer<ffi::F32>;
+
+namespace {
+
+constexpr int64_t kPanel = 32;  // columns of B per packed panel: two 16-float vectors
+// rows a thread takes through a step at a time: with 128 at once (batch 256) the step's
+// working set left the caches and the loop ran at half the speed
+constexpr int64_t kChunk = 32;
+
+ffi::Error check_units(int64_t units) {
+  if (units % kPanel != 0)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "the native LSTM loop needs units divisible by 32");
+  return ffi::Error::Success();
+}
+
+// tanh as Eigen's (and XLA's CPU) rational approximation: multiplies, adds and one division,
+// so the compiler vectorises the loops that call it.
+inline float fast_tanh(float x) {
+  const float clamp = 7.90531110763549805f;
+  x = x > clamp ? clamp : (x < -clamp ? -clamp : x);
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  p = p * x;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return p / q;
+}
+
+inline float sigmoid(float x) { return 0.5f + 0.5f * fast_tanh(0.5f * x); }
+
+// c[R, 32] += a[R, k] @ panel (k, 32); rows of a are lda apart, rows of c ldc apart.
+template <int R>
+void gemm_block(const float* a, int64_t lda, const float* panel, int64_t k, float* c, int64_t ldc) {
+  __m512 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) {
+    lo[r] = _mm512_loadu_ps(c + r * ldc);
+    hi[r] = _mm512_loadu_ps(c + r * ldc + 16);
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m512 b_lo = _mm512_loadu_ps(panel + kk * kPanel);
+    const __m512 b_hi = _mm512_loadu_ps(panel + kk * kPanel + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + kk]);
+      lo[r] = _mm512_fmadd_ps(av, b_lo, lo[r]);
+      hi[r] = _mm512_fmadd_ps(av, b_hi, hi[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(c + r * ldc, lo[r]);
+    _mm512_storeu_ps(c + r * ldc + 16, hi[r]);
+  }
+}
+
+// c[m, n] += a[m, k] @ B, with B (k, n) as n / 32 panels, each (k, 32) contiguous (see
+// recurrence.py's `panels`). Panel by panel, so each is read from memory once and stays in
+// L1 while every block of 8 rows (and one block of the rest) goes through it.
+void gemm(const float* a, int64_t lda, const float* panels, int64_t m, int64_t k, int64_t n,
+          float* c, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
+    const float* panel = panels + j0 * k;
+    int64_t r = 0;
+    for (; r + 8 <= m; r += 8) gemm_block<8>(a + r * lda, lda, panel, k, c + r * ldc + j0, ldc);
+    switch (m - r) {
+#define REST(R) \
+  case R:       \
+    gemm_block<R>(a + r * lda, lda, panel, k, c + r * ldc + j0, ldc); break;
+      REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+#undef REST
+      default: break;
+    }
+  }
+}
+
+// Runs fn(row_begin, row_end) over `rows`: the second half on XLA's intra-op thread pool
+// (when it has threads), the first half on the calling thread.
+template <typename Fn>
+void split_rows(ffi::ThreadPool& pool, int64_t rows, Fn fn) {
+  if (pool.num_threads() < 1 || rows < 2) {
+    fn(0, rows);
+    return;
+  }
+  const int64_t half = rows / 2;
+  std::atomic<bool> done{false};
+  pool.Schedule([&] {
+    fn(half, rows);
+    done.store(true, std::memory_order_release);
+  });
+  fn(0, half);
+  while (!done.load(std::memory_order_acquire)) _mm_pause();
+}
+
+}  // namespace
+
+// x (B,T,4H), U (H,4H) in panels, b (4H), h0 c0 (B,H), mask (B,T) -> hs cs (B,T,H), gates (B,T,4H),
+// h c (B,H). Loop step t reads input step k (T-1-t with `reverse`) and writes outputs at t.
+static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 mask, bool reverse,
+                          ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+                          ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> h_out,
+                          ffi::ResultBuffer<ffi::F32> c_out, ffi::ThreadPool pool) {
+  const auto dims = x.dimensions();
+  const int64_t batch = dims[0], steps = dims[1], four = dims[2], units = four / 4;
+  if (ffi::Error error = check_units(units); error.failure()) return error;
+  const float* packed = kernel_panels.typed_data();
+  const float* xs = x.typed_data();
+  const float* bs = bias.typed_data();
+  const float* ms = mask.typed_data();
+  float* hs_out = hs->typed_data();
+  float* cs_out = cs->typed_data();
+  float* gs_out = gates->typed_data();
+  split_rows(pool, batch, [&](int64_t begin, int64_t end) {
+    const int64_t rows = end - begin;
+    std::vector<float> h(h0.typed_data() + begin * units, h0.typed_data() + end * units);
+    std::vector<float> c(c0.typed_data() + begin * units, c0.typed_data() + end * units);
+    std::vector<float> z(kChunk * four);
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t k = reverse ? steps - 1 - t : t;
+      for (int64_t first = 0; first < rows; first += kChunk) {
+        const int64_t last = std::min(rows, first + kChunk);
+        for (int64_t r = first; r < last; ++r) {
+          const float* xr = xs + ((begin + r) * steps + k) * four;
+          float* zr = &z[(r - first) * four];
+#pragma omp simd
+          for (int64_t j = 0; j < four; ++j) zr[j] = xr[j] + bs[j];
+        }
+        gemm(&h[first * units], units, packed, last - first, units, four, z.data(), four);
+        for (int64_t r = first; r < last; ++r) {
+          const int64_t row = begin + r;
+          float* a = gs_out + (row * steps + t) * four;
+          const float* zr = &z[(r - first) * four];
+#pragma omp simd
+          for (int64_t j = 0; j < four; ++j)  // tanh for the cell input g (third quarter)
+            a[j] = (j >= 2 * units && j < 3 * units) ? fast_tanh(zr[j]) : sigmoid(zr[j]);
+          float* hr = &h[r * units];
+          float* cr = &c[r * units];
+          if (ms[row * steps + k] > 0.0f) {
+            const float *i = a, *f = a + units, *g = a + 2 * units, *o = a + 3 * units;
+#pragma omp simd
+            for (int64_t j = 0; j < units; ++j) {
+              const float c_new = f[j] * cr[j] + i[j] * g[j];
+              cr[j] = c_new;
+              hr[j] = o[j] * fast_tanh(c_new);
+            }
+          }  // a masked step keeps h and c
+          std::memcpy(hs_out + (row * steps + t) * units, hr, units * sizeof(float));
+          std::memcpy(cs_out + (row * steps + t) * units, cr, units * sizeof(float));
+        }
+      }
+    }
+    std::memcpy(h_out->typed_data() + begin * units, h.data(), rows * units * sizeof(float));
+    std::memcpy(c_out->typed_data() + begin * units, c.data(), rows * units * sizeof(float));
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // x
+                                  .Arg<F32>()  // U in panels
+                                  .Arg<F32>()  // b
+                                  .Arg<F32>()  // h0
+                                  .Arg<F32>()  // c0
+                                  .Arg<F32>()  // mask
+                                  .Attr<bool>("reverse")
+                                  .Ret<F32>()   // hs
+                                  .Ret<F32>()   // cs
+                                  .Ret<F32>()   // gates
+                                  .Ret<F32>()   // h
+                                  .Ret<F32>()  // c
+                                  .Ctx<ffi::ThreadPool>());
+
+// d_outputs (B,T,H), d_h d_c (B,H) final-state cotangents, U^T (4H,H) in panels, gates (B,T,4H) and
+// cs (B,T,H) from the forward pass, c0 (B,H), mask (B,T) -> dz (B,T,4H) in input order,
+// dh0 dc0 (B,H).
+static ffi::Error Backward(F32 d_outputs, F32 d_h, F32 d_c, F32 kernel_t_panels, F32 gates, F32 cs,
+                           F32 c0, F32 mask, bool reverse, ffi::ResultBuffer<ffi::F32> dz_out,
+                           ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
+                           ffi::ThreadPool pool) {
+  const auto dims = cs.dimensions();
+  const int64_t batch = dims[0], steps = dims[1], units = dims[2], four = 4 * units;
+  if (ffi::Error error = check_units(units); error.failure()) return error;
+  const float* packed = kernel_t_panels.typed_data();
+  const float* ms = mask.typed_data();
+  float* dz_all = dz_out->typed_data();
+  split_rows(pool, batch, [&](int64_t begin, int64_t end) {
+    const int64_t rows = end - begin;
+    std::vector<float> dh(d_h.typed_data() + begin * units, d_h.typed_data() + end * units);
+    std::vector<float> dc(d_c.typed_data() + begin * units, d_c.typed_data() + end * units);
+    std::vector<float> dh_new(kChunk * units);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t k = reverse ? steps - 1 - t : t;
+      for (int64_t first = 0; first < rows; first += kChunk) {
+        const int64_t last = std::min(rows, first + kChunk);
+        for (int64_t r = first; r < last; ++r) {
+          const int64_t row = begin + r;
+          float* dhr = &dh[r * units];
+          float* dcr = &dc[r * units];
+          const float* dout = d_outputs.typed_data() + (row * steps + t) * units;
+#pragma omp simd
+          for (int64_t j = 0; j < units; ++j) dhr[j] += dout[j];
+          float* dz = dz_all + (row * steps + k) * four;
+          if (!(ms[row * steps + k] > 0.0f)) {  // a masked step passes dh and dc through
+            std::memset(dz, 0, four * sizeof(float));
+            continue;
+          }
+          const float* a = gates.typed_data() + (row * steps + t) * four;
+          const float *i = a, *f = a + units, *g = a + 2 * units, *o = a + 3 * units;
+          const float* c = cs.typed_data() + (row * steps + t) * units;
+          const float* c_prev = t > 0 ? c - units : c0.typed_data() + row * units;
+#pragma omp simd
+          for (int64_t j = 0; j < units; ++j) {
+            const float tc = fast_tanh(c[j]);
+            const float dcj = dcr[j] + dhr[j] * o[j] * (1.0f - tc * tc);
+            dz[j] = dcj * g[j] * i[j] * (1.0f - i[j]);
+            dz[units + j] = dcj * c_prev[j] * f[j] * (1.0f - f[j]);
+            dz[2 * units + j] = dcj * i[j] * (1.0f - g[j] * g[j]);
+            dz[3 * units + j] = dhr[j] * tc * o[j] * (1.0f - o[j]);
+            dcr[j] = dcj * f[j];
+          }
+        }
+        // dh for the step before: dz @ U^T on unmasked rows
+        std::fill(dh_new.begin(), dh_new.end(), 0.0f);
+        gemm(dz_all + ((begin + first) * steps + k) * four, steps * four, packed, last - first, four,
+             units, dh_new.data(), units);
+        for (int64_t r = first; r < last; ++r)
+          if (ms[(begin + r) * steps + k] > 0.0f)
+            std::memcpy(&dh[r * units], &dh_new[(r - first) * units], units * sizeof(float));
+      }
+    }
+    std::memcpy(dh0->typed_data() + begin * units, dh.data(), rows * units * sizeof(float));
+    std::memcpy(dc0->typed_data() + begin * units, dc.data(), rows * units * sizeof(float));
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // d_outputs
+                                  .Arg<F32>()  // d_h
+                                  .Arg<F32>()  // d_c
+                                  .Arg<F32>()  // U^T in panels
+                                  .Arg<F32>()  // gates
+                                  .Arg<F32>()  // cs
+                                  .Arg<F32>()  // c0
+                                  .Arg<F32>()  // mask
+                                  .Attr<bool>("reverse")
+                                  .Ret<F32>()   // dz
+                                  .Ret<F32>()   // dh0
+                                  .Ret<F32>()  // dc0
+                                  .Ctx<ffi::ThreadPool>());

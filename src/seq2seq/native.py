@@ -1,0 +1,109 @@
+"""The LSTM's recurrent loop as compiled C++ (csrc/lstm_loop.cc), called from XLA on CPU.
+
+XLA's own loop (recurrence.py) spends as long on the gates' elementwise work, which it
+runs unvectorised, as on the product h @ U, and runs each step's product across both
+cores with a hand-off per step. The C++ loop splits the batch between two threads that
+never wait for each other and vectorises the elementwise work (numbers in the README).
+
+The source is compiled on first use with the machine's C++ compiler (g++, or $CXX)
+against the XLA FFI headers that ship with jaxlib, for this CPU (-march=native), and
+kept in ~/.cache/seq2seq/native (one build per source, jaxlib version, compiler and CPU).
+When it cannot be used, recurrence.py runs XLA's loop, which computes the same values:
+no AVX-512 on this CPU, no compiler (a warning says so), or SEQ2SEQ_NATIVE=off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+SWITCH = "SEQ2SEQ_NATIVE"  # "off": XLA's loop everywhere
+SOURCE = Path(__file__).with_name("csrc") / "lstm_loop.cc"
+UNIT_MULTIPLE = 32  # the kernel's product works on panels of 32 columns
+FORWARD, BACKWARD = "seq2seq_lstm_forward", "seq2seq_lstm_backward"
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+
+
+def cache_directory() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "seq2seq" / "native"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _build(compiler: str) -> Path:
+    """Compile SOURCE unless this build is cached; returns the shared library."""
+    import jax
+    import jaxlib
+
+    include = jax.ffi.include_dir()
+    cpu = " ".join(sorted(cpu_flags()))
+    key = hashlib.sha256(
+        "\n".join([SOURCE.read_text(), jaxlib.__version__, compiler, *FLAGS, cpu]).encode()
+    ).hexdigest()[:16]
+    library = cache_directory() / key / "liblstm_loop.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # built beside its final name and renamed into place, so concurrent builds never see half a file
+    with tempfile.NamedTemporaryFile(dir=library.parent, suffix=".so", delete=False) as partial:
+        pass
+    try:
+        subprocess.run(
+            [compiler, *FLAGS, "-I", include, str(SOURCE), "-o", partial.name],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(partial.name, library)
+    finally:
+        Path(partial.name).unlink(missing_ok=True)
+    return library
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None once the native loop is built and registered with XLA; otherwise why it is not
+    used (then recurrence.py runs XLA's loop)."""
+    if os.environ.get(SWITCH, "").lower() == "off":
+        return f"turned off ({SWITCH}=off)"
+    if platform.machine().lower() not in ("x86_64", "amd64") or "avx512f" not in cpu_flags():
+        return "this CPU has no AVX-512"
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return f"JAX runs on {jax.default_backend()}, the native loop on the CPU"
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        reason = "no C++ compiler found (g++, or set CXX)"
+    else:
+        try:
+            library = ctypes.CDLL(str(_build(compiler)))
+        except (OSError, subprocess.CalledProcessError) as error:
+            details = getattr(error, "stderr", "") or str(error)
+            reason = f"building {SOURCE.name} with {compiler} failed: {details.strip()[-2000:]}"
+        else:
+            jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.LstmForward), platform="cpu")
+            jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.LstmBackward), platform="cpu")
+            return None
+    warnings.warn(f"the LSTM loop runs in XLA, about 1.6x slower to train: {reason}", stacklevel=2)
+    return reason
+
+
+def available() -> bool:
+    return unavailable_reason() is None

@@ -1,0 +1,135 @@
+"""The C++ LSTM loop (native.py, csrc/lstm_loop.cc) computes what XLA's loop computes."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from seq2seq import native, recurrence
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the C++ loop is called from JAX")
+
+
+def _require_native():
+    if not native.available():
+        pytest.skip(f"the C++ loop is not available here: {native.unavailable_reason()}")
+
+
+def _inputs(batch: int, steps: int, units: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, steps, 4 * units)).astype("float32")
+    kernel = (rng.normal(size=(units, 4 * units)) / np.sqrt(units)).astype("float32")
+    bias = rng.normal(scale=0.1, size=4 * units).astype("float32")
+    h0, c0 = (rng.normal(scale=0.5, size=(batch, units)).astype("float32") for _ in range(2))
+    lengths = rng.integers(1, steps + 1, size=batch)
+    lengths[0] = steps
+    mask = (np.arange(steps)[None] < lengths[:, None]).astype("float32")
+    if batch > 2:
+        mask[2] = 0.0  # a row with no real step at all keeps its initial state
+    weights = [rng.normal(size=s).astype("float32") for s in [(batch, steps, units), (batch, units), (batch, units)]]
+    return (x, kernel, bias, h0, c0), mask, weights
+
+
+@pytest.fixture
+def native_calls(monkeypatch) -> dict:
+    """How many times the C++ forward and backward loops are traced."""
+    calls = {"forward": 0, "backward": 0}
+    for name, key in [("_native_forward", "forward"), ("_native_backward", "backward")]:
+        original = getattr(recurrence, name)
+
+        def counted(*args, _original=original, _key=key):
+            calls[_key] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(recurrence, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("batch", "steps", "units"), [(13, 7, 32), (1, 5, 64), (70, 3, 32)])
+def test_native_loop_matches_xla_loop_in_values_and_gradients(native_calls, batch, steps, units, reverse):
+    """Odd batches (threads' halves of different sizes, a block of fewer than 8 rows),
+    padding, a fully masked row, both directions: outputs, final states and the gradients
+    of all five inputs agree with XLA's loop to float32 rounding."""
+    _require_native()
+    import jax
+
+    arguments, mask, weights = _inputs(batch, steps, units)
+
+    def run(native_allowed: bool):
+        def outputs(*args):
+            return recurrence._lstm(*args, mask, reverse, "float32", native_allowed)
+
+        values, pullback = jax.vjp(outputs, *arguments)  # the training path: the custom VJP's forward rule
+        return values, pullback(tuple(weights))
+
+    (native_values, native_grads), (xla_values, xla_grads) = run(True), run(False)
+    assert native_calls == {"forward": 1, "backward": 1}, "the C++ loop must have run"
+    for name, expected, actual in zip(["outputs", "h", "c"], xla_values, native_values, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=name)
+    for name, expected, actual in zip(["x", "U", "b", "h0", "c0"], xla_grads, native_grads, strict=True):
+        scale = float(np.max(np.abs(expected)))
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+
+
+def test_training_runs_the_native_loop_and_inference_xlas(native_calls):
+    """A model's training step runs the C++ loop (units a multiple of 32); its predictions
+    (inference: encoding and decoding steps) run XLA's loop, which decodes faster."""
+    _require_native()
+    from seq2seq.layers import ProjectedLSTM
+
+    inputs = keras.Input((None, 4 * 32))
+    model = keras.Model(inputs, ProjectedLSTM(32, return_sequences=True)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(4, 6, 128)).astype("float32")
+    model.predict(x, verbose=0)
+    assert native_calls == {"forward": 0, "backward": 0}
+    model.fit(x, np.zeros((4, 6, 32), "float32"), epochs=1, verbose=0)
+    assert native_calls["forward"] >= 1 and native_calls["backward"] >= 1
+
+
+def test_units_not_multiple_of_32_and_distributions_use_xlas_loop(native_calls):
+    """The C++ product works on 32 columns at a time, and its call has no sharding rule."""
+    _require_native()
+    from seq2seq.layers import ProjectedLSTM
+
+    for units in (8, 48):
+        inputs = keras.Input((None, 4 * units))
+        model = keras.Model(inputs, ProjectedLSTM(units)(inputs))
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.ones((2, 3, 4 * units), "float32"), np.zeros((2, units), "float32"), epochs=1, verbose=0)
+    assert native_calls == {"forward": 0, "backward": 0}
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()[:1]))
+    try:
+        inputs = keras.Input((None, 128))
+        model = keras.Model(inputs, ProjectedLSTM(32)(inputs))
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.ones((2, 3, 128), "float32"), np.zeros((2, 32), "float32"), epochs=1, verbose=0)
+    finally:
+        keras.distribution.set_distribution(None)
+    assert native_calls == {"forward": 0, "backward": 0}
+
+
+def test_a_failed_build_falls_back_to_xla_with_a_warning(monkeypatch, tmp_path):
+    """No usable compiler: the reason is given once, as a warning, and XLA's loop runs."""
+    if "avx512f" not in native.cpu_flags():
+        pytest.skip("this CPU has no AVX-512: nothing is built")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build to fall back on
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    native.unavailable_reason.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="LSTM loop runs in XLA.*building lstm_loop.cc with false failed"):
+            assert not native.available()
+        assert "failed" in native.unavailable_reason()
+    finally:
+        native.unavailable_reason.cache_clear()
+
+
+def test_the_switch_turns_the_native_loop_off(monkeypatch):
+    monkeypatch.setenv(native.SWITCH, "off")
+    native.unavailable_reason.cache_clear()
+    try:
+        assert native.unavailable_reason() == f"turned off ({native.SWITCH}=off)"
+    finally:
+        native.unavailable_reason.cache_clear()
