@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -105,22 +106,35 @@ void gemm(const float* a, int64_t lda, const float* panels, int64_t m, int64_t k
   }
 }
 
-// Runs fn(row_begin, row_end) over `rows`: the second half on XLA's intra-op thread pool
-// (when it has threads), the first half on the calling thread.
+// Runs fn(row_begin, row_end) over `rows` in two halves: the calling thread takes one, and
+// a task on XLA's intra-op pool takes the other if it starts first. The caller never waits
+// for a task that has not started: XLA may run this call on a pool thread while the pool's
+// other threads are busy (two LSTMs at once, say), and then the task would never start.
 template <typename Fn>
 void split_rows(ffi::ThreadPool& pool, int64_t rows, Fn fn) {
   if (pool.num_threads() < 1 || rows < 2) {
     fn(0, rows);
     return;
   }
+  struct Halves {
+    std::atomic<int> next{0};      // the next half to claim
+    std::atomic<int> finished{0};  // halves done
+  };
   const int64_t half = rows / 2;
-  std::atomic<bool> done{false};
-  pool.Schedule([&] {
-    fn(half, rows);
-    done.store(true, std::memory_order_release);
-  });
-  fn(0, half);
-  while (!done.load(std::memory_order_acquire)) _mm_pause();
+  auto halves = std::make_shared<Halves>();  // outlives this call if the task starts late
+  auto run_halves = [halves, half, rows, &fn] {
+    for (int which; (which = halves->next.fetch_add(1)) < 2;) {
+      if (which == 0)
+        fn(0, half);
+      else
+        fn(half, rows);
+      halves->finished.fetch_add(1, std::memory_order_release);
+    }
+  };
+  auto task = run_halves;  // a task starting after both halves are claimed does nothing
+  pool.Schedule(std::move(task));
+  run_halves();
+  while (halves->finished.load(std::memory_order_acquire) < 2) _mm_pause();
 }
 
 }  // namespace
