@@ -35,13 +35,15 @@ def measure(
     cpu_devices: int = 1,
     xla_flags: str = "",
     huge_pages: bool | None = None,
+    native: bool = True,
     optional: bool = False,
 ) -> dict | None:
     """Run one bench/speed.py measurement; `cpu_devices` > 1 splits the CPU into that many
     XLA devices (JAX), `xla_flags` are added to XLA_FLAGS. `huge_pages`: start the process
     with glibc's huge-page tunable (see seq2seq/launch.py); by default each side runs as it
     comes: seq2seq with it, as the `seq2seq` command starts itself, the textbook recipe as
-    plain Python. An `optional` one that fails is reported and gives None."""
+    plain Python. `native=False` turns seq2seq's C++ LSTM loop off (native.py). An
+    `optional` one that fails is reported and gives None."""
     command = [sys.executable, str(ROOT / "bench" / "speed.py"), *args]
     # no compilation cache: every measurement compiles, as a first run does
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "SEQ2SEQ_JAX_CACHE": "off"}
@@ -50,11 +52,14 @@ def measure(
         huge_pages = "textbook" not in args
     if huge_pages:
         env = huge_page_environment(env) or env
+    if not native:
+        env["SEQ2SEQ_NATIVE"] = "off"
     if cpu_devices > 1:
         xla_flags += f" --xla_force_host_platform_device_count={cpu_devices}"
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     setting = f"KERAS_BACKEND={backend}, XLA_FLAGS={xla_flags.strip()}, GLIBC_TUNABLES={env.get('GLIBC_TUNABLES', '')}"
+    setting += "" if native else ", SEQ2SEQ_NATIVE=off"
     print("$", " ".join(command[1:]), f"({setting})", file=sys.stderr)
     try:
         output = subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE, env=env).stdout
@@ -106,6 +111,7 @@ def largest_textbook_word_sample(budget: int) -> tuple[int, int]:
 
 # training levers measured beside the plain run: key suffix -> table label
 LEVERS = {
+    "xla_loop": "XLA's LSTM loop (recurrence.py) instead of the C++ one (`SEQ2SEQ_NATIVE=off`, before native.py)",
     "keras_loop": "Keras's own RNN loop, differentiated by JAX (before recurrence.py)",
     "unroll8": "Keras's loop with 8 timesteps per iteration",
     "bf16mm": "bfloat16 operands in the h @ U products, float32 sums (`--recurrent-matmul bfloat16`)",
@@ -164,6 +170,7 @@ def main() -> int:
         xla_flags="--xla_cpu_multi_thread_eigen=false",
         optional=True,
     )
+    results["train_char_seq2seq_xla_loop"] = measure("train", "--impl", "seq2seq", *char, native=False, optional=True)
     results["train_char_seq2seq_keras_loop"] = measure(
         "train", "--impl", "seq2seq", *char, "--keras-loop", optional=True
     )
@@ -192,6 +199,9 @@ def main() -> int:
     )
     results["train_word_seq2seq_small_pages"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", huge_pages=False, optional=True
+    )
+    results["train_word_seq2seq_xla_loop"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", native=False, optional=True
     )
     results["train_word_seq2seq_bf16mm"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--recurrent-matmul", "bfloat16", optional=True

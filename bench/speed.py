@@ -231,6 +231,11 @@ def _train_seq2seq(train, args) -> dict:
         return sparse_step(*step_args)
 
     row_sparse.train_step = counted_sparse_step
+    from seq2seq import recurrence
+
+    native_loops: list = []  # LSTM loops traced on the C++ path (native.py)
+    native_forward = recurrence._native_forward
+    recurrence._native_forward = lambda *a: native_loops.append(1) or native_forward(*a)
     # with --data-parallel each batch is split across the local devices (XLA_FLAGS makes CPU ones)
     system, devices = _seq2seq_system(
         train,
@@ -260,7 +265,7 @@ def _train_seq2seq(train, args) -> dict:
         devices=devices,
         dtype_policy=args.dtype_policy,
         scan_unroll=args.scan_unroll,
-        loop="keras" if args.keras_loop else "recurrence.py",
+        loop="keras" if args.keras_loop else ("C++ (native.py)" if native_loops else "XLA (recurrence.py)"),
         input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
         recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,

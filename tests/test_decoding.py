@@ -9,6 +9,7 @@ from keras import ops
 from seq2seq.config import Config
 from seq2seq.decoding import (
     BeamSearchDecoder,
+    best_ids,
     DecodingOptions,
     GreedyDecoder,
     SamplingDecoder,
@@ -143,3 +144,15 @@ def test_compiled_decoders_follow_weight_changes():
     fresh = np.asarray(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
     np.testing.assert_array_equal(after[0], fresh)
     assert not np.array_equal(before[0], after[0]) and not np.allclose(before[1], after[1])
+
+
+def test_best_ids_is_argmax_with_first_of_ties():
+    """Greedy decoding's choice equals np.argmax, whose first index wins a tie."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 37)).astype("float32")
+    logits[3, [5, 20]] = logits[3].max() + 1  # a tie: 5 comes first
+    logits[7, :] = 0.5  # all equal: 0
+    logits[9, -1] = 99.0  # the last index
+    chosen = ops.convert_to_numpy(best_ids(ops.convert_to_tensor(logits)))
+    np.testing.assert_array_equal(chosen, np.argmax(logits, axis=-1))
+    assert chosen.dtype == np.int32 and chosen[3] == 5 and chosen[7] == 0 and chosen[9] == 36
