@@ -9,10 +9,10 @@ from keras import ops
 from seq2seq.config import Config
 from seq2seq.decoding import (
     BeamSearchDecoder,
-    best_ids,
     DecodingOptions,
     GreedyDecoder,
     SamplingDecoder,
+    best_ids,
     length_penalty,
     output_logits,
 )
