@@ -8,6 +8,8 @@ import pytest
 
 from seq2seq import native, recurrence
 
+from .conftest import count_calls
+
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the C++ loop is called from JAX")
 
 
@@ -50,7 +52,7 @@ def native_calls(monkeypatch) -> dict:
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize(("batch", "steps", "units"), [(13, 7, 32), (1, 5, 64), (70, 3, 32)])
+@pytest.mark.parametrize(("batch", "steps", "units"), [(13, 7, 32), (1, 5, 64), (70, 3, 32), (2, 1, 96)])
 def test_native_loop_matches_xla_loop_in_values_and_gradients(native_calls, batch, steps, units, reverse):
     """Odd batches (threads' halves of different sizes, a block of fewer than 8 rows),
     padding, a fully masked row, both directions: outputs, final states and the gradients
@@ -162,8 +164,13 @@ def test_the_default_model_trains_the_same_with_either_loop(native_calls, monkey
     native_loss, native_weights = _train_default_model(seed=5)
     # traced once per direction (the second layer's LSTMs have the same shapes: jit reuses the trace)
     assert native_calls == {"forward": 2, "backward": 2}
+    import jax
+
     monkeypatch.setattr(native, "available", lambda: False)
+    jax.clear_caches()  # recurrence.lstm is jitted: without this the same traces would run again
+    xla_traced = count_calls(monkeypatch, recurrence, "_xla_backward")
     xla_loss, xla_weights = _train_default_model(seed=5)
+    assert xla_traced and native_calls == {"forward": 2, "backward": 2}, "the second run must be XLA's loop"
     np.testing.assert_allclose(native_loss, xla_loss, rtol=1e-4)
     for expected, actual in zip(xla_weights, native_weights, strict=True):
         np.testing.assert_allclose(actual, expected, atol=1e-4)

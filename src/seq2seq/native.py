@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -65,7 +66,7 @@ def _build(compiler: str) -> Path:
         pass
     try:
         subprocess.run(
-            [compiler, *FLAGS, "-I", include, str(SOURCE), "-o", partial.name],
+            [*shlex.split(compiler), *FLAGS, "-I", include, str(SOURCE), "-o", partial.name],
             check=True,
             capture_output=True,
             text=True,
@@ -94,7 +95,7 @@ def unavailable_reason() -> str | None:
     else:
         try:
             library = ctypes.CDLL(str(_build(compiler)))
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (OSError, ValueError, subprocess.CalledProcessError) as error:
             details = getattr(error, "stderr", "") or str(error)
             reason = f"building {SOURCE.name} with {compiler} failed: {details.strip()[-2000:]}"
         else:

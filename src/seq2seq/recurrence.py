@@ -54,11 +54,12 @@ def _gates(z):
     return jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1)
 
 
-def _runs_native(x, units: int, matmul_dtype: str, allowed: bool) -> bool:
+def _runs_native(arrays, units: int, matmul_dtype: str, allowed: bool) -> bool:
+    """Whether the C++ loop takes arrays of these dtypes (it reads float32 only)."""
     return (
         allowed
         and matmul_dtype == "float32"
-        and x.dtype == jnp.float32
+        and all(a.dtype == jnp.float32 for a in arrays)
         and units % native_loop.UNIT_MULTIPLE == 0
         and native_loop.available()
     )
@@ -76,7 +77,8 @@ def panels(matrix):
 def _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse):
     batch, steps, four = x.shape
     shapes = [(batch, steps, four // 4)] * 2 + [(batch, steps, four)] + [(batch, four // 4)] * 2
-    call = jax.ffi.ffi_call(native_loop.FORWARD, [jax.ShapeDtypeStruct(s, x.dtype) for s in shapes])
+    outputs = [jax.ShapeDtypeStruct(s, x.dtype) for s in shapes]
+    call = jax.ffi.ffi_call(native_loop.FORWARD, outputs, vmap_method="sequential")
     hs, cs, gates, h, c = call(x, panels(recurrent_kernel), bias, h0, c0, mask.astype(x.dtype), reverse=reverse)
     return (hs, h, c), (hs, cs, gates)
 
@@ -85,7 +87,7 @@ def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, nat
     """-> (outputs (B, T, H), final h, final c), (hs, cs (B, T, H), gates (B, T, 4H)) for
     the backward pass."""
     units = h0.shape[-1]
-    if _runs_native(x, units, matmul_dtype, native):
+    if _runs_native((x, recurrent_kernel, bias, h0, c0), units, matmul_dtype, native):
         return _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse)
     steps = x.shape[1]
     kernel = recurrent_kernel if matmul_dtype == "float32" else recurrent_kernel.astype(matmul_dtype)
@@ -131,7 +133,8 @@ def _lstm_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype
 def _native_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse):
     """-> dz (B, T, 4H) in input order, dh0, dc0 (B, H)."""
     shapes = [gates.shape, c0.shape, c0.shape]
-    call = jax.ffi.ffi_call(native_loop.BACKWARD, [jax.ShapeDtypeStruct(s, gates.dtype) for s in shapes])
+    outputs = [jax.ShapeDtypeStruct(s, gates.dtype) for s in shapes]
+    call = jax.ffi.ffi_call(native_loop.BACKWARD, outputs, vmap_method="sequential")
     mask = mask.astype(gates.dtype)
     return call(d_outputs, d_h_final, d_c_final, panels(recurrent_kernel.T), gates, cs, c0, mask, reverse=reverse)
 
@@ -174,7 +177,7 @@ def _lstm_backward(reverse, matmul_dtype, native, saved, cotangents):
     d_outputs, d_h_final, d_c_final = cotangents
     units = h0.shape[-1]
     state = (recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse)
-    if _runs_native(gates, units, matmul_dtype, native):
+    if _runs_native((gates, recurrent_kernel, c0, *cotangents), units, matmul_dtype, native):
         dz_all, dh0, dc0 = _native_backward(*state)
     else:
         dz_all, dh0, dc0 = _xla_backward(*state, matmul_dtype)

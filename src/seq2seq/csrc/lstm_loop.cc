@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -35,7 +37,7 @@ constexpr int64_t kPanel = 32;  // columns of B per packed panel: two 16-float v
 constexpr int64_t kChunk = 32;
 
 ffi::Error check_units(int64_t units) {
-  if (units % kPanel != 0)
+  if (units <= 0 || units % kPanel != 0)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "the native LSTM loop needs units divisible by 32");
   return ffi::Error::Success();
 }
@@ -110,32 +112,55 @@ void gemm(const float* a, int64_t lda, const float* panels, int64_t m, int64_t k
 // a task on XLA's intra-op pool takes the other if it starts first. The caller never waits
 // for a task that has not started: XLA may run this call on a pool thread while the pool's
 // other threads are busy (two LSTMs at once, say), and then the task would never start.
+// fn is only called after a half is claimed, and the caller waits for every claimed half,
+// so a task that starts late touches nothing but the shared counters. Returns false if fn
+// threw (out of memory), which must not unwind through XLA's C interface.
 template <typename Fn>
-void split_rows(ffi::ThreadPool& pool, int64_t rows, Fn fn) {
-  if (pool.num_threads() < 1 || rows < 2) {
-    fn(0, rows);
-    return;
-  }
+bool split_rows(ffi::ThreadPool& pool, int64_t rows, Fn fn) {
   struct Halves {
     std::atomic<int> next{0};      // the next half to claim
     std::atomic<int> finished{0};  // halves done
+    std::atomic<bool> failed{false};
   };
-  const int64_t half = rows / 2;
+  const bool alone = pool.num_threads() < 1 || rows < 2;
+  const int64_t half = alone ? rows : rows / 2;
   auto halves = std::make_shared<Halves>();  // outlives this call if the task starts late
   auto run_halves = [halves, half, rows, &fn] {
     for (int which; (which = halves->next.fetch_add(1)) < 2;) {
-      if (which == 0)
-        fn(0, half);
-      else
-        fn(half, rows);
+      try {
+        if (which == 0)
+          fn(0, half);
+        else if (half < rows)
+          fn(half, rows);
+      } catch (...) {
+        halves->failed.store(true);
+      }
       halves->finished.fetch_add(1, std::memory_order_release);
     }
   };
-  auto task = run_halves;  // a task starting after both halves are claimed does nothing
-  pool.Schedule(std::move(task));
+  if (!alone) {
+    auto task = run_halves;  // a task starting after both halves are claimed does nothing
+    pool.Schedule(std::move(task));
+  }
   run_halves();
-  while (halves->finished.load(std::memory_order_acquire) < 2) _mm_pause();
+  // the other half is running on the pool: spin briefly, then let other threads have the core
+  for (int spins = 0; halves->finished.load(std::memory_order_acquire) < 2; ++spins) {
+    if (spins < 4096)
+      _mm_pause();
+    else
+      std::this_thread::yield();
+  }
+  return !halves->failed.load();
 }
+
+// A buffer's element count against what the shapes of x (or cs) imply.
+ffi::Error check_size(const F32& buffer, int64_t expected, const char* name) {
+  if (static_cast<int64_t>(buffer.element_count()) != expected)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("lstm_loop: wrong size of ") + name);
+  return ffi::Error::Success();
+}
+
+ffi::Error out_of_memory() { return ffi::Error(ffi::ErrorCode::kResourceExhausted, "lstm_loop: out of memory"); }
 
 }  // namespace
 
@@ -147,7 +172,10 @@ static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F3
                           ffi::ResultBuffer<ffi::F32> c_out, ffi::ThreadPool pool) {
   const auto dims = x.dimensions();
   const int64_t batch = dims[0], steps = dims[1], four = dims[2], units = four / 4;
-  if (ffi::Error error = check_units(units); error.failure()) return error;
+  for (ffi::Error error : {check_units(units), check_size(kernel_panels, units * four, "U"),
+                           check_size(bias, four, "b"), check_size(h0, batch * units, "h0"),
+                           check_size(c0, batch * units, "c0"), check_size(mask, batch * steps, "mask")})
+    if (error.failure()) return error;
   const float* packed = kernel_panels.typed_data();
   const float* xs = x.typed_data();
   const float* bs = bias.typed_data();
@@ -155,7 +183,7 @@ static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F3
   float* hs_out = hs->typed_data();
   float* cs_out = cs->typed_data();
   float* gs_out = gates->typed_data();
-  split_rows(pool, batch, [&](int64_t begin, int64_t end) {
+  const bool done = split_rows(pool, batch, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
     std::vector<float> h(h0.typed_data() + begin * units, h0.typed_data() + end * units);
     std::vector<float> c(c0.typed_data() + begin * units, c0.typed_data() + end * units);
@@ -197,7 +225,7 @@ static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F3
     std::memcpy(h_out->typed_data() + begin * units, h.data(), rows * units * sizeof(float));
     std::memcpy(c_out->typed_data() + begin * units, c.data(), rows * units * sizeof(float));
   });
-  return ffi::Error::Success();
+  return done ? ffi::Error::Success() : out_of_memory();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
@@ -225,11 +253,16 @@ static ffi::Error Backward(F32 d_outputs, F32 d_h, F32 d_c, F32 kernel_t_panels,
                            ffi::ThreadPool pool) {
   const auto dims = cs.dimensions();
   const int64_t batch = dims[0], steps = dims[1], units = dims[2], four = 4 * units;
-  if (ffi::Error error = check_units(units); error.failure()) return error;
+  for (ffi::Error error :
+       {check_units(units), check_size(d_outputs, batch * steps * units, "d_outputs"),
+        check_size(d_h, batch * units, "d_h"), check_size(d_c, batch * units, "d_c"),
+        check_size(kernel_t_panels, four * units, "U^T"), check_size(gates, batch * steps * four, "gates"),
+        check_size(c0, batch * units, "c0"), check_size(mask, batch * steps, "mask")})
+    if (error.failure()) return error;
   const float* packed = kernel_t_panels.typed_data();
   const float* ms = mask.typed_data();
   float* dz_all = dz_out->typed_data();
-  split_rows(pool, batch, [&](int64_t begin, int64_t end) {
+  const bool done = split_rows(pool, batch, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
     std::vector<float> dh(d_h.typed_data() + begin * units, d_h.typed_data() + end * units);
     std::vector<float> dc(d_c.typed_data() + begin * units, d_c.typed_data() + end * units);
@@ -277,7 +310,7 @@ static ffi::Error Backward(F32 d_outputs, F32 d_h, F32 d_c, F32 kernel_t_panels,
     std::memcpy(dh0->typed_data() + begin * units, dh.data(), rows * units * sizeof(float));
     std::memcpy(dc0->typed_data() + begin * units, dc.data(), rows * units * sizeof(float));
   });
-  return ffi::Error::Success();
+  return done ? ffi::Error::Success() : out_of_memory();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, Backward,
