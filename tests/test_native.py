@@ -174,3 +174,20 @@ def test_the_default_model_trains_the_same_with_either_loop(native_calls, monkey
     np.testing.assert_allclose(native_loss, xla_loss, rtol=1e-4)
     for expected, actual in zip(xla_weights, native_weights, strict=True):
         np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_inputs_other_than_float32_take_xlas_loop(native_calls):
+    """The C++ loop reads float32 only: a bfloat16 bias beside float32 inputs failed at
+    run time ("Wrong buffer dtype") before the check covered every input."""
+    _require_native()
+    import jax
+    import jax.numpy as jnp
+
+    (x, kernel, bias, h0, c0), mask, _ = _inputs(4, 3, 32)
+
+    def total(x, bias):
+        return recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)[0].sum()
+
+    grads = jax.grad(total, argnums=(0, 1))(x, jnp.asarray(bias, "bfloat16"))
+    assert native_calls == {"forward": 0, "backward": 0}
+    assert np.all(np.isfinite(np.asarray(grads[0])))
