@@ -176,7 +176,7 @@ def test_the_default_model_trains_the_same_with_either_loop(native_calls, monkey
         np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
-def test_inputs_other_than_float32_take_xlas_loop(native_calls):
+def test_a_forward_with_inputs_other_than_float32_takes_xlas_loop(native_calls):
     """The C++ loop reads float32 only: a bfloat16 bias beside float32 inputs failed at
     run time ("Wrong buffer dtype") before the check covered every input."""
     _require_native()
@@ -189,5 +189,7 @@ def test_inputs_other_than_float32_take_xlas_loop(native_calls):
         return recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)[0].sum()
 
     grads = jax.grad(total, argnums=(0, 1))(x, jnp.asarray(bias, "bfloat16"))
-    assert native_calls == {"forward": 0, "backward": 0}
+    # the forward loop reads the bias; the backward one does not (its inputs are all float32
+    # here, and both loops save the same residuals, so either backward may follow)
+    assert native_calls["forward"] == 0
     assert np.all(np.isfinite(np.asarray(grads[0])))
