@@ -67,8 +67,7 @@ def _runs_native(arrays, units: int, matmul_dtype: str, allowed: bool) -> bool:
 
 def panels(matrix):
     """(k, n) -> (n / 32, k, 32): the layout the C++ loop's product reads B in, 32 columns
-    at a time, contiguous. A transpose XLA does once per call (and hoists out of a
-    decoding loop, where U does not change between steps)."""
+    at a time, contiguous. A transpose XLA does once per call, outside the loop."""
     k, n = matrix.shape
     width = native_loop.UNIT_MULTIPLE
     return matrix.reshape(k, n // width, width).transpose(1, 0, 2)
