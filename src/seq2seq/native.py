@@ -37,14 +37,15 @@ def cache_directory() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "seq2seq" / "native"
 
 
-def cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def _build(compiler: str) -> Path:
@@ -102,7 +103,7 @@ def unavailable_reason() -> str | None:
             jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.LstmForward), platform="cpu")
             jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.LstmBackward), platform="cpu")
             return None
-    warnings.warn(f"the LSTM loop runs in XLA, about 1.6x slower to train: {reason}", stacklevel=2)
+    warnings.warn(f"the LSTM loop runs in XLA, char-level training about 1.4-1.6x slower: {reason}", stacklevel=2)
     return reason
 
 
