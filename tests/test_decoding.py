@@ -15,6 +15,7 @@ from seq2seq.decoding import (
     best_ids,
     length_penalty,
     output_logits,
+    stepwise_greedy,
 )
 from seq2seq.model import build_model, inference_parts
 from seq2seq.vocab import END_ID, PAD_ID, START_ID
@@ -156,3 +157,26 @@ def test_best_ids_is_argmax_with_first_of_ties():
     chosen = ops.convert_to_numpy(best_ids(ops.convert_to_tensor(logits)))
     np.testing.assert_array_equal(chosen, np.argmax(logits, axis=-1))
     assert chosen.dtype == np.int32 and chosen[3] == 5 and chosen[7] == 0 and chosen[9] == 36
+
+
+@pytest.mark.parametrize(("attention", "seed"), [("none", 2), ("luong", 7)])
+def test_greedy_rows_moved_to_a_smaller_batch_decode_as_before(attention, seed):
+    """When no more than a quarter of the rows is left, they finish in a smaller batch
+    (with their attention context); every row's output is the one it gets alone. (Seeds
+    picked so that output lengths vary: see the last assertion.)"""
+    _, parts = _model(attention, seed=seed)
+    rng = np.random.default_rng(5)
+    source = rng.integers(4, SOURCE_VOCAB, (24, 6)).astype("int32")
+    for row, length in enumerate(rng.integers(1, 7, 24)):
+        source[row, length:] = PAD_ID
+    max_length = 12
+    moved = GreedyDecoder(parts, max_length)
+    kept_whole = GreedyDecoder(parts, max_length)
+    kept_whole.compact_share = 10**6  # never moves rows
+    outputs = np.asarray(moved.predict_on_batch(source))
+    np.testing.assert_array_equal(outputs, np.asarray(kept_whole.predict_on_batch(source)))
+    expected = [stepwise_greedy(parts, row[row != PAD_ID], max_length) for row in source]
+    assert [_until_end(row) for row in outputs] == expected
+    # the second batch has work: some row runs on after no more than 24 / 4 rows are left
+    steps = sorted((len(e) for e in expected), reverse=True)
+    assert steps[24 // 4] < steps[0]

@@ -38,9 +38,9 @@ def _inputs(batch: int, steps: int, units: int, seed: int = 0):
 
 @pytest.fixture
 def native_calls(monkeypatch) -> dict:
-    """How many times the C++ forward and backward loops are traced."""
-    calls = {"forward": 0, "backward": 0}
-    for name, key in [("_native_forward", "forward"), ("_native_backward", "backward")]:
+    """How many times the C++ loops (training's forward and backward, inference) are traced."""
+    calls = {"forward": 0, "backward": 0, "infer": 0}
+    for name, key in [("_native_forward", "forward"), ("_native_backward", "backward"), ("_native_infer", "infer")]:
         original = getattr(recurrence, name)
 
         def counted(*args, _original=original, _key=key):
@@ -70,7 +70,7 @@ def test_native_loop_matches_xla_loop_in_values_and_gradients(native_calls, batc
         return values, pullback(tuple(weights))
 
     (native_values, native_grads), (xla_values, xla_grads) = run(True), run(False)
-    assert native_calls == {"forward": 1, "backward": 1}, "the C++ loop must have run"
+    assert native_calls == {"forward": 1, "backward": 1, "infer": 0}, "the C++ loop must have run"
     for name, expected, actual in zip(["outputs", "h", "c"], xla_values, native_values, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=name)
     for name, expected, actual in zip(["x", "U", "b", "h0", "c0"], xla_grads, native_grads, strict=True):
@@ -78,9 +78,9 @@ def test_native_loop_matches_xla_loop_in_values_and_gradients(native_calls, batc
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
-def test_training_runs_the_native_loop_and_inference_xlas(native_calls):
-    """A model's training step runs the C++ loop (units a multiple of 32); its predictions
-    (inference: encoding and decoding steps) run XLA's loop, which decodes faster."""
+def test_training_and_inference_each_run_their_native_loop(native_calls):
+    """A model's training step runs the C++ training loops (units a multiple of 32); its
+    predictions (inference: encoding and decoding steps) the C++ inference loop."""
     _require_native()
     from seq2seq.layers import ProjectedLSTM
 
@@ -89,9 +89,23 @@ def test_training_runs_the_native_loop_and_inference_xlas(native_calls):
     model.compile(optimizer="sgd", loss="mse")
     x = np.random.default_rng(0).normal(size=(4, 6, 128)).astype("float32")
     model.predict(x, verbose=0)
-    assert native_calls == {"forward": 0, "backward": 0}
+    assert native_calls == {"forward": 0, "backward": 0, "infer": 1}
     model.fit(x, np.zeros((4, 6, 32), "float32"), epochs=1, verbose=0)
     assert native_calls["forward"] >= 1 and native_calls["backward"] >= 1
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("batch", "steps", "units"), [(13, 7, 32), (1, 5, 64), (70, 3, 32), (2, 1, 96), (9, 4, 32)])
+def test_native_inference_matches_xla_loop(native_calls, batch, steps, units, reverse):
+    """The inference loop (blocks of 6 rows and every smaller rest, padding, a fully
+    masked row, both directions) gives XLA's outputs and final states."""
+    _require_native()
+    arguments, mask, _ = _inputs(batch, steps, units, seed=batch)
+    native_values = recurrence._lstm(*arguments, mask, reverse, "float32", True)
+    xla_values = recurrence._lstm(*arguments, mask, reverse, "float32", False)
+    assert native_calls == {"forward": 0, "backward": 0, "infer": 1}
+    for name, expected, actual in zip(["outputs", "h", "c"], xla_values, native_values, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_units_not_multiple_of_32_and_distributions_use_xlas_loop(native_calls):
@@ -104,7 +118,7 @@ def test_units_not_multiple_of_32_and_distributions_use_xlas_loop(native_calls):
         model = keras.Model(inputs, ProjectedLSTM(units)(inputs))
         model.compile(optimizer="sgd", loss="mse")
         model.fit(np.ones((2, 3, 4 * units), "float32"), np.zeros((2, units), "float32"), epochs=1, verbose=0)
-    assert native_calls == {"forward": 0, "backward": 0}
+    assert native_calls == {"forward": 0, "backward": 0, "infer": 0}
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()[:1]))
     try:
         inputs = keras.Input((None, 128))
@@ -113,7 +127,7 @@ def test_units_not_multiple_of_32_and_distributions_use_xlas_loop(native_calls):
         model.fit(np.ones((2, 3, 128), "float32"), np.zeros((2, 32), "float32"), epochs=1, verbose=0)
     finally:
         keras.distribution.set_distribution(None)
-    assert native_calls == {"forward": 0, "backward": 0}
+    assert native_calls == {"forward": 0, "backward": 0, "infer": 0}
 
 
 def test_a_failed_build_falls_back_to_xla_with_a_warning(monkeypatch, tmp_path):
@@ -163,14 +177,15 @@ def test_the_default_model_trains_the_same_with_either_loop(native_calls, monkey
     _require_native()
     native_loss, native_weights = _train_default_model(seed=5)
     # traced once per direction (the second layer's LSTMs have the same shapes: jit reuses the trace)
-    assert native_calls == {"forward": 2, "backward": 2}
+    trained = {"forward": 2, "backward": 2}
+    assert {key: native_calls[key] for key in trained} == trained
     import jax
 
     monkeypatch.setattr(native, "available", lambda: False)
     jax.clear_caches()  # recurrence.lstm is jitted: without this the same traces would run again
     xla_traced = count_calls(monkeypatch, recurrence, "_xla_backward")
     xla_loss, xla_weights = _train_default_model(seed=5)
-    assert xla_traced and native_calls == {"forward": 2, "backward": 2}, "the second run must be XLA's loop"
+    assert xla_traced and {key: native_calls[key] for key in trained} == trained, "the second run must be XLA's loop"
     np.testing.assert_allclose(native_loss, xla_loss, rtol=1e-4)
     for expected, actual in zip(xla_weights, native_weights, strict=True):
         np.testing.assert_allclose(actual, expected, atol=1e-4)

@@ -72,7 +72,16 @@ class GreedyDecoder(_Decoder):
 
     Each sequence stops at <end>, or after `max_length` tokens; positions after a
     sequence's <end> hold <pad>. The loop ends when every sequence has stopped.
+
+    A batch runs until its longest output ends, its finished rows idle. So when no more
+    than a quarter of the rows is left, those rows move to a batch a quarter the size
+    and finish there (greedy choices depend on nothing but the row, so the outputs are
+    the same). In the decoding benchmark (1,000 inputs, B=256; separate runs): 0.074-0.078
+    s a pass against 0.083-0.088 (one run of three 0.099), and with the C++ inference
+    loop 0.069-0.072. The smaller batch is compiled too: the first pass takes longer.
     """
+
+    compact_share = 4  # rows left (1 / share of the batch) that move to a smaller batch
 
     def __init__(self, parts: InferenceParts, max_length: int, return_attention: bool = False, **kwargs) -> None:
         super().__init__(parts, max_length, **kwargs)
@@ -94,18 +103,36 @@ class GreedyDecoder(_Decoder):
         def not_done(t, previous, finished, output, attention, *state):
             return ops.logical_and(t < self.max_length, ops.logical_not(ops.all(finished)))
 
-        def step(t, previous, finished, output, attention, *state):
-            logits, weights, state = self.step(previous, context, list(state))
-            token = ops.where(finished, PAD_ID, self.choose(logits, t, seed))
-            output = ops.slice_update(output, (0, t), ops.expand_dims(token, 1))
-            if self.return_attention:
-                attention = ops.slice_update(attention, (0, t, 0), ops.expand_dims(ops.cast(weights, "float32"), 1))
-            finished = ops.logical_or(finished, token == END_ID)
-            return (t + 1, token, finished, output, attention, *state)
+        def step_with(context):
+            def step(t, previous, finished, output, attention, *state):
+                logits, weights, state = self.step(previous, context, list(state))
+                token = ops.where(finished, PAD_ID, self.choose(logits, t, seed))
+                output = ops.slice_update(output, (0, t), ops.expand_dims(token, 1))
+                if self.return_attention:
+                    weights = ops.expand_dims(ops.cast(weights, "float32"), 1)
+                    attention = ops.slice_update(attention, (0, t, 0), weights)
+                finished = ops.logical_or(finished, token == END_ID)
+                return (t + 1, token, finished, output, attention, *state)
+
+            return step
 
         start = (ops.convert_to_tensor(0, dtype="int32"), previous, finished, output, attention, *state)
-        _, _, _, output, attention, *_ = ops.while_loop(not_done, step, start)
-        return (output, attention) if self.return_attention else output
+        kept = (source_ids.shape[0] or 0) // self.compact_share  # 0 when the batch size is not static
+        # only plain greedy: a sampler's draws, and the attention returned, follow the row
+        if type(self) is not GreedyDecoder or self.return_attention or kept < 2:
+            _, _, _, output, attention, *_ = ops.while_loop(not_done, step_with(context), start)
+            return (output, attention) if self.return_attention else output
+
+        def many_left(t, previous, finished, *rest):
+            left = ops.sum(ops.cast(ops.logical_not(finished), "int32"))
+            return ops.logical_and(not_done(t, previous, finished, *rest), left > kept)
+
+        t, *rows = ops.while_loop(many_left, step_with(context), start)
+        unfinished_first = ops.argsort(ops.cast(rows[1], "int32"))[:kept]  # rows[1]: finished
+        small = [ops.take(x, unfinished_first, axis=0) for x in rows]
+        small_context = [ops.take(x, unfinished_first, axis=0) for x in context]
+        _, _, _, small_output, *_ = ops.while_loop(not_done, step_with(small_context), (t, *small))
+        return ops.scatter_update(rows[2], ops.expand_dims(unfinished_first, 1), small_output)
 
 
 class SamplingDecoder(GreedyDecoder):

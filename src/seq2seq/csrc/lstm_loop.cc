@@ -7,7 +7,9 @@
 //   halves, one on the calling thread and one on XLA's intra-op pool, and each runs every
 //   step of its rows without waiting for the other;
 // - a step is z = x_t + b + h @ U, a register-blocked AVX-512 product against U packed
-//   in panels, then the gates' elementwise work in vectorised loops.
+//   in panels, then the gates' elementwise work in vectorised loops;
+// - inference (a forward pass kept for nothing) has a loop of its own whose product
+//   leaves each row's gates for 16 units in registers and finishes the step there.
 // Shapes and semantics are recurrence.py's; tests/test_native.py compares the two.
 #ifndef __AVX512F__
 #error "the native LSTM loop needs AVX-512F (seq2seq then uses XLA's loop)"
@@ -104,6 +106,75 @@ void gemm(const float* a, int64_t lda, const float* panels, int64_t m, int64_t k
       REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
 #undef REST
       default: break;
+    }
+  }
+}
+
+// fast_tanh and sigmoid on 16 floats in registers (same rational, same clamp).
+inline __m512 tanh16(__m512 x) {
+  const __m512 clamp = _mm512_set1_ps(7.90531110763549805f);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), clamp)), clamp);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
+  p = _mm512_mul_ps(p, x);
+  __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
+  return _mm512_div_ps(p, q);
+}
+
+inline __m512 sigmoid16(__m512 x) {
+  const __m512 half = _mm512_set1_ps(0.5f);
+  return _mm512_fmadd_ps(half, tanh16(_mm512_mul_ps(half, x)), half);
+}
+
+// One step of R rows for the 16 units j0..j0+15, gates kept in registers:
+// z = x_t + b + h @ U for the four gates, then c and h. u points at U's block for these
+// units, (H, 64): element (kk, gate q, unit j) at u[kk * 64 + q * 16 + j]. h: R rows of
+// the previous h (units apart); x: the first row's x_t (x_stride apart); c and h_next: the
+// rows' c (updated in place) and next h; live: the rows' mask at this step.
+template <int R>
+void step_block(const float* h, int64_t units, int64_t j0, const float* u, const float* x, int64_t x_stride, const float* b, float* c, float* h_next, const float* live,
+                int64_t live_stride) {
+  __m512 z[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 4; ++q)
+      z[r][q] = _mm512_add_ps(_mm512_loadu_ps(x + r * x_stride + q * units + j0), _mm512_loadu_ps(b + q * units + j0));
+  for (int64_t kk = 0; kk < units; ++kk) {
+    const float* uk = u + kk * 64;
+    const __m512 u0 = _mm512_loadu_ps(uk), u1 = _mm512_loadu_ps(uk + 16);
+    const __m512 u2 = _mm512_loadu_ps(uk + 32), u3 = _mm512_loadu_ps(uk + 48);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(h[r * units + kk]);
+      z[r][0] = _mm512_fmadd_ps(a, u0, z[r][0]);
+      z[r][1] = _mm512_fmadd_ps(a, u1, z[r][1]);
+      z[r][2] = _mm512_fmadd_ps(a, u2, z[r][2]);
+      z[r][3] = _mm512_fmadd_ps(a, u3, z[r][3]);
+    }
+  }
+  // through memory: with the gates' code reading z directly, GCC kept z on the stack and
+  // stored all of it at every kk
+  alignas(64) float zs[R][4][16];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 4; ++q) _mm512_store_ps(zs[r][q], z[r][q]);
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * units + j0;
+    float* hr = h_next + r * units + j0;
+    if (live[r * live_stride] > 0.0f) {
+      const __m512 i = sigmoid16(_mm512_load_ps(zs[r][0])), f = sigmoid16(_mm512_load_ps(zs[r][1]));
+      const __m512 g = tanh16(_mm512_load_ps(zs[r][2])), o = sigmoid16(_mm512_load_ps(zs[r][3]));
+      const __m512 c_new = _mm512_fmadd_ps(f, _mm512_loadu_ps(cr), _mm512_mul_ps(i, g));
+      _mm512_storeu_ps(cr, c_new);
+      _mm512_storeu_ps(hr, _mm512_mul_ps(o, tanh16(c_new)));
+    } else {  // a masked step keeps h (c stays as it is)
+      _mm512_storeu_ps(hr, _mm512_loadu_ps(h + r * units + j0));
     }
   }
 }
@@ -240,6 +311,72 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
                                   .Ret<F32>()   // hs
                                   .Ret<F32>()   // cs
                                   .Ret<F32>()   // gates
+                                  .Ret<F32>()   // h
+                                  .Ret<F32>()  // c
+                                  .Ctx<ffi::ThreadPool>());
+
+// Inference: x (B,T,4H), U (H,4H) in unit panels (H/16, H, 64) (U as it is, read with 4 KB
+// strides, thrashed the caches: 1.3x slower), b (4H), h0 c0 (B,H), mask (B,T) ->
+// hs (B,T,H), h c (B,H); nothing kept for a backward pass. Unit block by unit block, each
+// block's U (64 KB) read from cache by every 6 rows; the gates never leave registers.
+static ffi::Error Infer(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 mask, bool reverse,
+                        ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> h_out,
+                        ffi::ResultBuffer<ffi::F32> c_out, ffi::ThreadPool pool) {
+  const auto dims = x.dimensions();
+  const int64_t batch = dims[0], steps = dims[1], four = dims[2], units = four / 4;
+  for (ffi::Error error : {check_units(units), check_size(kernel_panels, units * four, "U"), check_size(bias, four, "b"),
+                           check_size(h0, batch * units, "h0"), check_size(c0, batch * units, "c0"),
+                           check_size(mask, batch * steps, "mask")})
+    if (error.failure()) return error;
+  const float* packed = kernel_panels.typed_data();
+  const float* xs = x.typed_data();
+  const float* bs = bias.typed_data();
+  const float* ms = mask.typed_data();
+  float* hs_out = hs->typed_data();
+  const bool done = split_rows(pool, batch, [&](int64_t begin, int64_t end) {
+    const int64_t rows = end - begin;
+    std::vector<float> h(h0.typed_data() + begin * units, h0.typed_data() + end * units);
+    std::vector<float> c(c0.typed_data() + begin * units, c0.typed_data() + end * units);
+    std::vector<float> h_next(rows * units);
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t k = reverse ? steps - 1 - t : t;
+      for (int64_t j0 = 0; j0 < units; j0 += 16) {
+        const float* u = packed + (j0 / 16) * units * 64;
+        int64_t r = 0;
+#define BLOCK(R)                                                                                               \
+  step_block<R>(&h[r * units], units, j0, u, xs + ((begin + r) * steps + k) * four, \
+                steps * four, bs, &c[r * units], &h_next[r * units], ms + (begin + r) * steps + k, steps)
+        for (; r + 6 <= rows; r += 6) BLOCK(6);
+        switch (rows - r) {
+          case 1: BLOCK(1); break;
+          case 2: BLOCK(2); break;
+          case 3: BLOCK(3); break;
+          case 4: BLOCK(4); break;
+          case 5: BLOCK(5); break;
+          default: break;
+        }
+#undef BLOCK
+      }
+      h.swap(h_next);
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(hs_out + ((begin + r) * steps + t) * units, &h[r * units], units * sizeof(float));
+    }
+    std::memcpy(h_out->typed_data() + begin * units, h.data(), rows * units * sizeof(float));
+    std::memcpy(c_out->typed_data() + begin * units, c.data(), rows * units * sizeof(float));
+  });
+  return done ? ffi::Error::Success() : out_of_memory();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmInfer, Infer,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // x
+                                  .Arg<F32>()  // U in unit panels
+                                  .Arg<F32>()  // b
+                                  .Arg<F32>()  // h0
+                                  .Arg<F32>()  // c0
+                                  .Arg<F32>()  // mask
+                                  .Attr<bool>("reverse")
+                                  .Ret<F32>()   // hs
                                   .Ret<F32>()   // h
                                   .Ret<F32>()  // c
                                   .Ctx<ffi::ThreadPool>());
