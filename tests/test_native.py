@@ -208,3 +208,26 @@ def test_a_forward_with_inputs_other_than_float32_takes_xlas_loop(native_calls):
     # here, and both loops save the same residuals, so either backward may follow)
     assert native_calls["forward"] == 0
     assert np.all(np.isfinite(np.asarray(grads[0])))
+
+
+def test_inference_lays_u_out_once_per_loop_not_per_step():
+    """In a decoding loop, U's layout for the inference loop (a C++ call XLA can hoist;
+    XLA left a transpose inside the loop, about 40 us of a 390-us step) happens before
+    the loop, and equals `unit_panels`."""
+    _require_native()
+    import jax
+
+    (x, kernel, bias, h0, c0), mask, _ = _inputs(4, 1, 32)
+    np.testing.assert_array_equal(recurrence.packed_units(kernel), recurrence.unit_panels(kernel))
+
+    def decode(x, kernel, bias, h0, c0, mask):
+        def step(_, state):
+            return recurrence._lstm(x, kernel, bias, *state, mask, False, "float32", True)[1:]
+
+        return jax.lax.fori_loop(0, 5, step, (h0, c0))
+
+    compiled = jax.jit(decode).lower(x, kernel, bias, h0, c0, mask).compile().as_text()
+    computations = compiled.split("\n\n")
+    loop_body = [c for c in computations if native.INFER in c]
+    assert len(loop_body) == 1 and native.PACK_UNITS not in loop_body[0]
+    assert any(native.PACK_UNITS in c for c in computations)

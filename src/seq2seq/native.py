@@ -30,6 +30,7 @@ SWITCH = "SEQ2SEQ_NATIVE"  # "off": XLA's loop everywhere
 SOURCE = Path(__file__).with_name("csrc") / "lstm_loop.cc"
 UNIT_MULTIPLE = 32  # the kernel's product works on panels of 32 columns
 FORWARD, BACKWARD, INFER = "seq2seq_lstm_forward", "seq2seq_lstm_backward", "seq2seq_lstm_infer"
+PACK_UNITS = "seq2seq_lstm_pack_units"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 
@@ -103,6 +104,7 @@ def unavailable_reason() -> str | None:
             jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.LstmForward), platform="cpu")
             jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.LstmBackward), platform="cpu")
             jax.ffi.register_ffi_target(INFER, jax.ffi.pycapsule(library.LstmInfer), platform="cpu")
+            jax.ffi.register_ffi_target(PACK_UNITS, jax.ffi.pycapsule(library.LstmPackUnits), platform="cpu")
             return None
     warnings.warn(f"the LSTM loop runs in XLA, char-level training about 1.4-1.6x slower: {reason}", stacklevel=2)
     return reason

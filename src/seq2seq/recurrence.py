@@ -91,14 +91,21 @@ def unit_panels(matrix):
     return matrix.reshape(k, 4, units // 16, 16).transpose(2, 0, 1, 3).reshape(units // 16, k, 64)
 
 
+def packed_units(matrix):
+    """`unit_panels(matrix)` done by a C++ call, which XLA hoists out of a decoding loop (it
+    lays U out once per decoding call instead of at every step; a transpose it would not)."""
+    units = matrix.shape[0]
+    panels = jax.ShapeDtypeStruct((units // 16, units, 64), matrix.dtype)
+    return jax.ffi.ffi_call(native_loop.PACK_UNITS, panels, vmap_method="sequential")(matrix)
+
+
 def _native_infer(x, recurrent_kernel, bias, h0, c0, mask, reverse):
     """The C++ inference loop: -> (outputs (B, T, H), final h, final c)."""
     batch, steps, four = x.shape
     shapes = [(batch, steps, four // 4), (batch, four // 4), (batch, four // 4)]
     outputs = [jax.ShapeDtypeStruct(s, x.dtype) for s in shapes]
     call = jax.ffi.ffi_call(native_loop.INFER, outputs, vmap_method="sequential")
-    kernel = unit_panels(recurrent_kernel)
-    return tuple(call(x, kernel, bias, h0, c0, mask.astype(x.dtype), reverse=reverse))
+    return tuple(call(x, packed_units(recurrent_kernel), bias, h0, c0, mask.astype(x.dtype), reverse=reverse))
 
 
 def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native):

@@ -381,6 +381,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmInfer, Infer,
                                   .Ret<F32>()  // c
                                   .Ctx<ffi::ThreadPool>());
 
+// U (H,4H) -> unit panels (H/16, H, 64), the inference loop's layout. A custom call rather
+// than XLA's transpose: XLA does not hoist a lone transpose out of a loop (a decoding loop
+// would lay U out again at every step), and it does hoist a call without side effects.
+static ffi::Error PackUnits(F32 kernel, ffi::ResultBuffer<ffi::F32> panels) {
+  const auto dims = kernel.dimensions();
+  if (dims.size() != 2 || dims[1] != 4 * dims[0])
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "lstm_loop: U must be (H, 4H)");
+  const int64_t units = dims[0];
+  if (ffi::Error error = check_units(units); error.failure()) return error;
+  if (ffi::Error error = check_size(*panels, units * 4 * units, "panels"); error.failure()) return error;
+  const float* u = kernel.typed_data();
+  float* out = panels->typed_data();
+  for (int64_t block = 0; block < units / 16; ++block)
+    for (int64_t kk = 0; kk < units; ++kk)
+      for (int64_t q = 0; q < 4; ++q)
+        std::memcpy(out + (block * units + kk) * 64 + q * 16, u + kk * 4 * units + q * units + block * 16,
+                    16 * sizeof(float));
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmPackUnits, PackUnits, ffi::Ffi::Bind().Arg<F32>().Ret<F32>());
+
 // d_outputs (B,T,H), d_h d_c (B,H) final-state cotangents, U^T (4H,H) in panels, gates (B,T,4H) and
 // cs (B,T,H) from the forward pass, c0 (B,H), mask (B,T) -> dz (B,T,4H) in input order,
 // dh0 dc0 (B,H).
