@@ -95,7 +95,10 @@ def test_training_and_inference_each_run_their_native_loop(native_calls):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize(("batch", "steps", "units"), [(13, 7, 32), (1, 5, 64), (70, 3, 32), (2, 1, 96), (9, 4, 32)])
+@pytest.mark.parametrize(
+    ("batch", "steps", "units"),
+    [(13, 7, 32), (1, 5, 64), (70, 3, 32), (2, 1, 96), (9, 4, 32), (15, 3, 64), (18, 2, 32)],
+)
 def test_native_inference_matches_xla_loop(native_calls, batch, steps, units, reverse):
     """The inference loop (blocks of 6 rows and every smaller rest, padding, a fully
     masked row, both directions) gives XLA's outputs and final states."""
@@ -231,3 +234,17 @@ def test_inference_lays_u_out_once_per_loop_not_per_step():
     loop_body = [c for c in computations if native.INFER in c]
     assert len(loop_body) == 1 and native.PACK_UNITS not in loop_body[0]
     assert any(native.PACK_UNITS in c for c in computations)
+
+
+def test_native_inference_keeps_nans():
+    """A NaN input or state gives NaN outputs, as XLA's loop does (the vectorised tanh's
+    clamp turned NaN into -7.9, so diverged weights decoded to finite nonsense)."""
+    _require_native()
+    (x, kernel, bias, h0, c0), mask, _ = _inputs(3, 4, 32)
+    x[0, 1, 5] = np.nan
+    c0[1, :] = np.nan
+    native_values = recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)
+    xla_values = recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", False)
+    for expected, actual in zip(xla_values, native_values, strict=True):
+        np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    assert np.isnan(native_values[0]).any()

@@ -113,7 +113,8 @@ void gemm(const float* a, int64_t lda, const float* panels, int64_t m, int64_t k
 // fast_tanh and sigmoid on 16 floats in registers (same rational, same clamp).
 inline __m512 tanh16(__m512 x) {
   const __m512 clamp = _mm512_set1_ps(7.90531110763549805f);
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_sub_ps(_mm512_setzero_ps(), clamp)), clamp);
+  // NaN as the second operand, which max and min return when either is NaN: NaN stays NaN
+  x = _mm512_min_ps(clamp, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), clamp), x));
   const __m512 x2 = _mm512_mul_ps(x, x);
   __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
   p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
