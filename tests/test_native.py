@@ -216,12 +216,14 @@ def test_a_forward_with_inputs_other_than_float32_takes_xlas_loop(native_calls):
 def test_inference_lays_u_out_once_per_loop_not_per_step():
     """In a decoding loop, U's layout for the inference loop (a C++ call XLA can hoist;
     XLA left a transpose inside the loop, about 40 us of a 390-us step) happens before
-    the loop, and equals `unit_panels`."""
+    the loop, and is the layout `packed_units` documents."""
     _require_native()
     import jax
 
     (x, kernel, bias, h0, c0), mask, _ = _inputs(4, 1, 32)
-    np.testing.assert_array_equal(recurrence.packed_units(kernel), recurrence.unit_panels(kernel))
+    units = kernel.shape[0]
+    unit_panels = kernel.reshape(units, 4, units // 16, 16).transpose(2, 0, 1, 3).reshape(units // 16, units, 64)
+    np.testing.assert_array_equal(recurrence.packed_units(kernel), unit_panels)
 
     def decode(x, kernel, bias, h0, c0, mask):
         def step(_, state):

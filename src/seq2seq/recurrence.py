@@ -83,17 +83,11 @@ def _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse):
     return (hs, h, c), (hs, cs, gates)
 
 
-def unit_panels(matrix):
-    """(H, 4H) in gate blocks i, f, g, o -> (H / 16, H, 64): for each 16 units, their four
-    gates' columns side by side, the layout the C++ inference step reads U in."""
-    k, n = matrix.shape
-    units = n // 4
-    return matrix.reshape(k, 4, units // 16, 16).transpose(2, 0, 1, 3).reshape(units // 16, k, 64)
-
-
 def packed_units(matrix):
-    """`unit_panels(matrix)` done by a C++ call, which XLA hoists out of a decoding loop (it
-    lays U out once per decoding call instead of at every step; a transpose it would not)."""
+    """(H, 4H) in gate blocks i, f, g, o -> (H / 16, H, 64): for each 16 units, their four
+    gates' columns side by side, the layout the C++ inference loop reads U in. Done by a
+    C++ call, which XLA hoists out of a decoding loop (it lays U out once per decoding call
+    instead of at every step; a transpose it would not)."""
     units = matrix.shape[0]
     panels = jax.ShapeDtypeStruct((units // 16, units, 64), matrix.dtype)
     return jax.ffi.ffi_call(native_loop.PACK_UNITS, panels, vmap_method="sequential")(matrix)

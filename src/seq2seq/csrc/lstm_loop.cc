@@ -234,6 +234,28 @@ ffi::Error check_size(const F32& buffer, int64_t expected, const char* name) {
 
 ffi::Error out_of_memory() { return ffi::Error(ffi::ErrorCode::kResourceExhausted, "lstm_loop: out of memory"); }
 
+// The checks both forward loops make: x (B,T,4H) against U, b, h0, c0 and mask.
+ffi::Error check_forward_inputs(const F32& x, const F32& kernel, const F32& bias, const F32& h0, const F32& c0,
+                                const F32& mask) {
+  const auto dims = x.dimensions();
+  const int64_t batch = dims[0], steps = dims[1], four = dims[2], units = four / 4;
+  for (ffi::Error error : {check_units(units), check_size(kernel, units * four, "U"), check_size(bias, four, "b"),
+                           check_size(h0, batch * units, "h0"), check_size(c0, batch * units, "c0"),
+                           check_size(mask, batch * steps, "mask")})
+    if (error.failure()) return error;
+  return ffi::Error::Success();
+}
+
+// Rows [begin, end) of a (B, width) buffer, as a thread's own copy.
+std::vector<float> rows_of(const F32& buffer, int64_t begin, int64_t end, int64_t width) {
+  return std::vector<float>(buffer.typed_data() + begin * width, buffer.typed_data() + end * width);
+}
+
+// A thread's rows back into rows [begin, ...) of a (B, width) result.
+void store_rows(const std::vector<float>& rows, ffi::ResultBuffer<ffi::F32>& result, int64_t begin, int64_t width) {
+  std::memcpy(result->typed_data() + begin * width, rows.data(), rows.size() * sizeof(float));
+}
+
 }  // namespace
 
 // x (B,T,4H), U (H,4H) in panels, b (4H), h0 c0 (B,H), mask (B,T) -> hs cs (B,T,H), gates (B,T,4H),
@@ -244,10 +266,7 @@ static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F3
                           ffi::ResultBuffer<ffi::F32> c_out, ffi::ThreadPool pool) {
   const auto dims = x.dimensions();
   const int64_t batch = dims[0], steps = dims[1], four = dims[2], units = four / 4;
-  for (ffi::Error error : {check_units(units), check_size(kernel_panels, units * four, "U"),
-                           check_size(bias, four, "b"), check_size(h0, batch * units, "h0"),
-                           check_size(c0, batch * units, "c0"), check_size(mask, batch * steps, "mask")})
-    if (error.failure()) return error;
+  if (ffi::Error error = check_forward_inputs(x, kernel_panels, bias, h0, c0, mask); error.failure()) return error;
   const float* packed = kernel_panels.typed_data();
   const float* xs = x.typed_data();
   const float* bs = bias.typed_data();
@@ -257,8 +276,8 @@ static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F3
   float* gs_out = gates->typed_data();
   const bool done = split_rows(pool, batch, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
-    std::vector<float> h(h0.typed_data() + begin * units, h0.typed_data() + end * units);
-    std::vector<float> c(c0.typed_data() + begin * units, c0.typed_data() + end * units);
+    std::vector<float> h = rows_of(h0, begin, end, units);
+    std::vector<float> c = rows_of(c0, begin, end, units);
     std::vector<float> z(kChunk * four);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t k = reverse ? steps - 1 - t : t;
@@ -294,8 +313,8 @@ static ffi::Error Forward(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F3
         }
       }
     }
-    std::memcpy(h_out->typed_data() + begin * units, h.data(), rows * units * sizeof(float));
-    std::memcpy(c_out->typed_data() + begin * units, c.data(), rows * units * sizeof(float));
+    store_rows(h, h_out, begin, units);
+    store_rows(c, c_out, begin, units);
   });
   return done ? ffi::Error::Success() : out_of_memory();
 }
@@ -325,10 +344,7 @@ static ffi::Error Infer(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 
                         ffi::ResultBuffer<ffi::F32> c_out, ffi::ThreadPool pool) {
   const auto dims = x.dimensions();
   const int64_t batch = dims[0], steps = dims[1], four = dims[2], units = four / 4;
-  for (ffi::Error error : {check_units(units), check_size(kernel_panels, units * four, "U"), check_size(bias, four, "b"),
-                           check_size(h0, batch * units, "h0"), check_size(c0, batch * units, "c0"),
-                           check_size(mask, batch * steps, "mask")})
-    if (error.failure()) return error;
+  if (ffi::Error error = check_forward_inputs(x, kernel_panels, bias, h0, c0, mask); error.failure()) return error;
   const float* packed = kernel_panels.typed_data();
   const float* xs = x.typed_data();
   const float* bs = bias.typed_data();
@@ -336,8 +352,8 @@ static ffi::Error Infer(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 
   float* hs_out = hs->typed_data();
   const bool done = split_rows(pool, batch, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
-    std::vector<float> h(h0.typed_data() + begin * units, h0.typed_data() + end * units);
-    std::vector<float> c(c0.typed_data() + begin * units, c0.typed_data() + end * units);
+    std::vector<float> h = rows_of(h0, begin, end, units);
+    std::vector<float> c = rows_of(c0, begin, end, units);
     std::vector<float> h_next(rows * units);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t k = reverse ? steps - 1 - t : t;
@@ -362,8 +378,8 @@ static ffi::Error Infer(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 
       for (int64_t r = 0; r < rows; ++r)
         std::memcpy(hs_out + ((begin + r) * steps + t) * units, &h[r * units], units * sizeof(float));
     }
-    std::memcpy(h_out->typed_data() + begin * units, h.data(), rows * units * sizeof(float));
-    std::memcpy(c_out->typed_data() + begin * units, c.data(), rows * units * sizeof(float));
+    store_rows(h, h_out, begin, units);
+    store_rows(c, c_out, begin, units);
   });
   return done ? ffi::Error::Success() : out_of_memory();
 }
@@ -424,8 +440,8 @@ static ffi::Error Backward(F32 d_outputs, F32 d_h, F32 d_c, F32 kernel_t_panels,
   float* dz_all = dz_out->typed_data();
   const bool done = split_rows(pool, batch, [&](int64_t begin, int64_t end) {
     const int64_t rows = end - begin;
-    std::vector<float> dh(d_h.typed_data() + begin * units, d_h.typed_data() + end * units);
-    std::vector<float> dc(d_c.typed_data() + begin * units, d_c.typed_data() + end * units);
+    std::vector<float> dh = rows_of(d_h, begin, end, units);
+    std::vector<float> dc = rows_of(d_c, begin, end, units);
     std::vector<float> dh_new(kChunk * units);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t k = reverse ? steps - 1 - t : t;
@@ -467,8 +483,8 @@ static ffi::Error Backward(F32 d_outputs, F32 d_h, F32 d_c, F32 kernel_t_panels,
             std::memcpy(&dh[r * units], &dh_new[(r - first) * units], units * sizeof(float));
       }
     }
-    std::memcpy(dh0->typed_data() + begin * units, dh.data(), rows * units * sizeof(float));
-    std::memcpy(dc0->typed_data() + begin * units, dc.data(), rows * units * sizeof(float));
+    store_rows(dh, dh0, begin, units);
+    store_rows(dc, dc0, begin, units);
   });
   return done ? ffi::Error::Success() : out_of_memory();
 }
