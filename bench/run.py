@@ -111,7 +111,7 @@ def largest_textbook_word_sample(budget: int) -> tuple[int, int]:
 
 # training levers measured beside the plain run: key suffix -> table label
 LEVERS = {
-    "xla_loop": "XLA's LSTM loop (recurrence.py) instead of the C++ one (`SEQ2SEQ_NATIVE=off`, before native.py)",
+    "xla_loop": "XLA's LSTM loop (recurrence.py) and loss instead of the C++ ones (`SEQ2SEQ_NATIVE=off`)",
     "keras_loop": "Keras's own RNN loop, differentiated by JAX (before recurrence.py)",
     "unroll8": "Keras's loop with 8 timesteps per iteration",
     "bf16mm": "bfloat16 operands in the h @ U products, float32 sums (`--recurrent-matmul bfloat16`)",
@@ -121,6 +121,8 @@ LEVERS = {
     "2dev_1thread": "2 devices, single-threaded matrix products (`--xla_cpu_multi_thread_eigen=false`)",
     "bf16": "Keras's mixed bfloat16 policy (all layers in bfloat16)",
     "dense_updates": "dense gradients and RMSprop updates of the one-hot input kernels (before row_sparse.py)",
+    "xla_loss": "the loss and accuracy in XLA's ops instead of one C++ call (before losses.py's native path)",
+    "dense_output": "XLA's backward pass of the output layer (before projection.py)",
     "small_pages": "without glibc's huge-page tunable (which the `seq2seq` command sets: launch.py)",
 }
 
@@ -208,6 +210,12 @@ def main() -> int:
     )
     results["train_word_seq2seq_dense_updates"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--dense-kernel-updates", optional=True
+    )
+    results["train_word_seq2seq_xla_loss"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--xla-loss", optional=True
+    )
+    results["train_word_seq2seq_dense_output"] = measure(
+        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--dense-output", optional=True
     )
     results["train_word_seq2seq_sequential"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", xla_flags=SEQUENTIAL, optional=True

@@ -223,6 +223,13 @@ def _train_seq2seq(train, args) -> dict:
 
     if args.dense_kernel_updates:  # the comparison for row_sparse.py: Keras's own train step
         Seq2SeqModel.train_step = keras.Model.train_step
+    from seq2seq import losses, projection
+
+    if args.dense_output:  # the comparison for projection.py: Dense's own call, differentiated by JAX
+        projection.OutputProjection.call = keras.layers.Dense.call
+    native_losses: list = []  # losses traced on the C++ path (losses.py)
+    runs_native = (lambda logits: False) if args.xla_loss else losses.runs_native
+    losses.runs_native = lambda logits: runs_native(logits) and (native_losses.append(1) or True)
     row_sparse_steps: list = []  # train steps traced on row_sparse.py's path
     sparse_step = row_sparse.train_step
 
@@ -267,6 +274,8 @@ def _train_seq2seq(train, args) -> dict:
         scan_unroll=args.scan_unroll,
         loop="keras" if args.keras_loop else ("C++ (native.py)" if native_loops else "XLA (recurrence.py)"),
         input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
+        loss="C++ (losses.py)" if native_losses else "XLA",
+        output_backward="XLA's (Dense)" if args.dense_output else "ordered (projection.py)",
         recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),
@@ -428,6 +437,12 @@ def main() -> None:
     parser.add_argument("--optimizer", help="train (seq2seq): instead of the textbook's RMSprop")
     parser.add_argument(
         "--dense-kernel-updates", action="store_true", help="train (seq2seq, JAX): Keras's step, not row_sparse.py's"
+    )
+    parser.add_argument(
+        "--xla-loss", action="store_true", help="train (seq2seq, JAX): the loss in Keras's ops, not the C++ call"
+    )
+    parser.add_argument(
+        "--dense-output", action="store_true", help="train (seq2seq, JAX): Dense's backward, not projection.py's"
     )
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)

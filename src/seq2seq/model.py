@@ -34,6 +34,7 @@ from . import row_sparse
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
 from .layers import ProjectedLSTM, TiedEmbedding, TokenProjection
+from .projection import OutputProjection
 from .vocab import PAD_ID
 
 SOURCE_IDS = "source_ids"
@@ -173,7 +174,7 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
             x = found.get("output_bridge", lambda n: layers.Dense(config.embedding_dim, name=n))(x)
         logits = found.get("target_embedding")(x, reverse=True)
     else:
-        logits = found.get(OUTPUT_PROJECTION, lambda n: layers.Dense(vocab_size, name=n))(x)
+        logits = found.get(OUTPUT_PROJECTION, lambda n: OutputProjection(vocab_size, name=n))(x)
     return logits, attention, new_state
 
 

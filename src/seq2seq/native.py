@@ -1,15 +1,17 @@
-"""The LSTM's recurrent loop as compiled C++ (csrc/lstm_loop.cc), called from XLA on CPU.
+"""Compiled C++ called from XLA on CPU: the LSTM's recurrent loop (csrc/lstm_loop.cc) and
+the training loss's softmax cross-entropy (csrc/cross_entropy.cc, used by losses.py).
 
 XLA's own loop (recurrence.py) spends as long on the gates' elementwise work, which it
 runs unvectorised, as on the product h @ U, and runs each step's product across both
 cores with a hand-off per step. The C++ loop splits the batch between two threads that
 never wait for each other and vectorises the elementwise work (numbers in the README).
 
-The source is compiled on first use with the machine's C++ compiler (g++, or $CXX)
-against the XLA FFI headers that ship with jaxlib, for this CPU (-march=native), and
-kept in ~/.cache/seq2seq/native (one build per source, jaxlib version, compiler and CPU).
-When it cannot be used, recurrence.py runs XLA's loop, which computes the same values:
-no AVX-512 on this CPU, no compiler (a warning says so), or SEQ2SEQ_NATIVE=off.
+The sources are compiled on first use, into one library, with the machine's C++ compiler
+(g++, or $CXX) against the XLA FFI headers that ship with jaxlib, for this CPU
+(-march=native), and kept in ~/.cache/seq2seq/native (one build per source text, jaxlib
+version, compiler and CPU). When it cannot be used, recurrence.py runs XLA's loop and
+losses.py Keras's ops, which compute the same values: no AVX-512 on this CPU, no
+compiler (a warning says so), or SEQ2SEQ_NATIVE=off.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ import warnings
 from pathlib import Path
 
 SWITCH = "SEQ2SEQ_NATIVE"  # "off": XLA's loop everywhere
-SOURCE = Path(__file__).with_name("csrc") / "lstm_loop.cc"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / "lstm_loop.cc", CSRC / "cross_entropy.cc"]  # one library
+HEADERS = [CSRC / "split_rows.h"]
 UNIT_MULTIPLE = 32  # the kernel's product works on panels of 32 columns
 FORWARD, BACKWARD, INFER = "seq2seq_lstm_forward", "seq2seq_lstm_backward", "seq2seq_lstm_infer"
 PACK_UNITS = "seq2seq_lstm_pack_units"
+CROSS_ENTROPY = "seq2seq_softmax_cross_entropy"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 
@@ -50,16 +55,16 @@ def cpu_flags() -> frozenset[str]:
 
 
 def _build(compiler: str) -> Path:
-    """Compile SOURCE unless this build is cached; returns the shared library."""
+    """Compile SOURCES unless this build is cached; returns the shared library."""
     import jax
     import jaxlib
 
     include = jax.ffi.include_dir()
     cpu = " ".join(sorted(cpu_flags()))
     key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), jaxlib.__version__, compiler, *FLAGS, cpu]).encode()
+        "\n".join([*(f.read_text() for f in SOURCES + HEADERS), jaxlib.__version__, compiler, *FLAGS, cpu]).encode()
     ).hexdigest()[:16]
-    library = cache_directory() / key / "liblstm_loop.so"
+    library = cache_directory() / key / "libseq2seq_native.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +73,7 @@ def _build(compiler: str) -> Path:
         pass
     try:
         subprocess.run(
-            [*shlex.split(compiler), *FLAGS, "-I", include, str(SOURCE), "-o", partial.name],
+            [*shlex.split(compiler), *FLAGS, "-I", include, *map(str, SOURCES), "-o", partial.name],
             check=True,
             capture_output=True,
             text=True,
@@ -99,14 +104,17 @@ def unavailable_reason() -> str | None:
             library = ctypes.CDLL(str(_build(compiler)))
         except (OSError, ValueError, subprocess.CalledProcessError) as error:
             details = getattr(error, "stderr", "") or str(error)
-            reason = f"building {SOURCE.name} with {compiler} failed: {details.strip()[-2000:]}"
+            reason = f"building {', '.join(f.name for f in SOURCES)} with {compiler} failed: {details.strip()[-2000:]}"
         else:
             jax.ffi.register_ffi_target(FORWARD, jax.ffi.pycapsule(library.LstmForward), platform="cpu")
             jax.ffi.register_ffi_target(BACKWARD, jax.ffi.pycapsule(library.LstmBackward), platform="cpu")
             jax.ffi.register_ffi_target(INFER, jax.ffi.pycapsule(library.LstmInfer), platform="cpu")
             jax.ffi.register_ffi_target(PACK_UNITS, jax.ffi.pycapsule(library.LstmPackUnits), platform="cpu")
+            jax.ffi.register_ffi_target(CROSS_ENTROPY, jax.ffi.pycapsule(library.SoftmaxCrossEntropy), platform="cpu")
             return None
-    warnings.warn(f"the LSTM loop runs in XLA, char-level training about 1.4-1.6x slower: {reason}", stacklevel=2)
+    warnings.warn(
+        f"the LSTM loop and the loss run in XLA, training about 1.4-1.6x slower (char level): {reason}", stacklevel=2
+    )
     return reason
 
 

@@ -1,0 +1,51 @@
+"""The output layer (projection.py) computes what keras.layers.Dense computes, forward and
+backward, and the model uses it."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from seq2seq.config import Config
+from seq2seq.model import OUTPUT_PROJECTION, build_model
+from seq2seq.projection import OutputProjection
+
+
+def _layers(units: int, inputs: np.ndarray):
+    """OutputProjection and Dense with the same random weights."""
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(size=(inputs.shape[-1], units)).astype("float32"), rng.normal(size=units).astype("float32")]
+    layers = OutputProjection(units), keras.layers.Dense(units)
+    for layer in layers:
+        layer.build(inputs.shape)
+        layer.set_weights(weights)
+    return layers
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16), (7, 24)])
+def test_values_and_gradients_equal_dense(shape):
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=shape).astype("float32")
+    ours, dense = _layers(37, inputs)
+    np.testing.assert_allclose(ours(inputs), dense(inputs), rtol=1e-5, atol=1e-5)
+    if keras.backend.backend() != "jax":
+        return
+    import jax
+
+    cotangent = rng.normal(size=(*shape[:-1], 37)).astype("float32")
+
+    def gradients(layer):
+        def loss(x, kernel, bias):
+            outputs, _ = layer.stateless_call([kernel, bias], [], x)
+            return (outputs * cotangent).sum()
+
+        return jax.grad(loss, argnums=(0, 1, 2))(inputs, layer.kernel.value, layer.bias.value)
+
+    for got, expected in zip(gradients(ours), gradients(dense), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_uses_it():
+    model = build_model(Config.textbook(level="char", latent_dim=16), 9, 11)
+    assert type(model.get_layer(OUTPUT_PROJECTION)) is OutputProjection
