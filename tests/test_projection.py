@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from seq2seq import native
 from seq2seq.config import Config
 from seq2seq.model import OUTPUT_PROJECTION, build_model
 from seq2seq.projection import OutputProjection
@@ -44,6 +45,31 @@ def test_values_and_gradients_equal_dense(shape):
 
     for got, expected in zip(gradients(ours), gradients(dense), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_products_are_ordered_through_the_cpp_call():
+    """dW waits for dx and the rest of the backward pass for dW: two `after` calls in the
+    compiled gradient (and the values above are Dense's)."""
+    if keras.backend.backend() != "jax" or not native.available():
+        pytest.skip("the C++ call is made from JAX, with the library built")
+    import jax
+
+    from seq2seq.projection import ordered_projection
+
+    x, kernel, bias = (np.ones(shape, "float32") for shape in [(6, 4), (4, 9), (9,)])
+    gradient = jax.jit(jax.grad(lambda *a: ordered_projection()(*a).sum(), argnums=(0, 1, 2)))
+    compiled = gradient.lower(x, kernel, bias).compile().as_text()
+    assert compiled.count(f'custom_call_target="{native.AFTER}"') == 2
+    np.testing.assert_allclose(gradient(x, kernel, bias)[1], np.full((4, 9), 6.0))
+
+
+def test_after_copies_its_first_operand():
+    if keras.backend.backend() != "jax" or not native.available():
+        pytest.skip("the C++ call is made from JAX, with the library built")
+    from seq2seq.projection import after
+
+    value = np.arange(12, dtype="int32").reshape(3, 4)
+    np.testing.assert_array_equal(after(value, np.zeros(5, "float32")), value)
 
 
 def test_model_uses_it():

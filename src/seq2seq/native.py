@@ -1,5 +1,6 @@
-"""Compiled C++ called from XLA on CPU: the LSTM's recurrent loop (csrc/lstm_loop.cc) and
-the training loss's softmax cross-entropy (csrc/cross_entropy.cc, used by losses.py).
+"""Compiled C++ called from XLA on CPU: the LSTM's recurrent loop (csrc/lstm_loop.cc), the
+training loss's softmax cross-entropy (csrc/cross_entropy.cc, used by losses.py), and a
+copy that orders two operations (csrc/after.cc, used by projection.py).
 
 XLA's own loop (recurrence.py) spends as long on the gates' elementwise work, which it
 runs unvectorised, as on the product h @ U, and runs each step's product across both
@@ -9,9 +10,9 @@ never wait for each other and vectorises the elementwise work (numbers in the RE
 The sources are compiled on first use, into one library, with the machine's C++ compiler
 (g++, or $CXX) against the XLA FFI headers that ship with jaxlib, for this CPU
 (-march=native), and kept in ~/.cache/seq2seq/native (one build per source text, jaxlib
-version, compiler and CPU). When it cannot be used, recurrence.py runs XLA's loop and
-losses.py Keras's ops, which compute the same values: no AVX-512 on this CPU, no
-compiler (a warning says so), or SEQ2SEQ_NATIVE=off.
+version, compiler and CPU). When it cannot be used, recurrence.py runs XLA's loop,
+losses.py Keras's ops and projection.py XLA's order, which compute the same values: no
+AVX-512 on this CPU, no compiler (a warning says so), or SEQ2SEQ_NATIVE=off.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from pathlib import Path
 
 SWITCH = "SEQ2SEQ_NATIVE"  # "off": XLA's loop everywhere
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "lstm_loop.cc", CSRC / "cross_entropy.cc"]  # one library
+SOURCES = [CSRC / "lstm_loop.cc", CSRC / "cross_entropy.cc", CSRC / "after.cc"]  # one library
 HEADERS = [CSRC / "split_rows.h"]
 UNIT_MULTIPLE = 32  # the kernel's product works on panels of 32 columns
 FORWARD, BACKWARD, INFER = "seq2seq_lstm_forward", "seq2seq_lstm_backward", "seq2seq_lstm_infer"
 PACK_UNITS = "seq2seq_lstm_pack_units"
 CROSS_ENTROPY = "seq2seq_softmax_cross_entropy"
+AFTER = "seq2seq_after"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 
@@ -111,6 +113,7 @@ def unavailable_reason() -> str | None:
             jax.ffi.register_ffi_target(INFER, jax.ffi.pycapsule(library.LstmInfer), platform="cpu")
             jax.ffi.register_ffi_target(PACK_UNITS, jax.ffi.pycapsule(library.LstmPackUnits), platform="cpu")
             jax.ffi.register_ffi_target(CROSS_ENTROPY, jax.ffi.pycapsule(library.SoftmaxCrossEntropy), platform="cpu")
+            jax.ffi.register_ffi_target(AFTER, jax.ffi.pycapsule(library.After), platform="cpu")
             return None
     warnings.warn(
         f"the LSTM loop and the loss run in XLA, training about 1.4-1.6x slower (char level): {reason}", stacklevel=2

@@ -3,11 +3,19 @@ backward pass on JAX runs its two products one after the other.
 
 At word level (V = 7,150) the output layer is most of a training step's arithmetic: the
 logits x @ W, then dx = d @ W^T and dW = x^T @ d from the logits' gradient d (B*T, V).
-XLA, left to itself, first copied d transposed (a pass over 10 MB) to form dW, and ran
-the two backward products at once, each spread over both cores: in a profile of a word
-step they took 8.7 ms together against 5.2 ms one after the other. Here dW waits for dx
-(an optimisation barrier between them) and reads x^T (B*T, H), laid out before it, so d
-is read as it is. Same values as Keras's Dense (tests/test_projection.py).
+XLA schedules operations by their data dependencies alone. Left to itself, it copied d
+transposed (a pass over 10 MB) to form dW, and ran dx, dW and then RMSprop's update of W
+and the LSTMs' backward loops side by side, each spread over both cores, so each ran
+slower: in a profile of a word step dx and dW took 8.7 ms together, against 5.2 ms for
+the two timed alone. Here:
+
+- dW reads x^T (B*T, H), laid out before it (an optimisation barrier keeps XLA from
+  folding the transpose into the product), so d is read as it is;
+- dW waits for dx, and the rest of the backward pass for dW: `after` passes an operand
+  through a C++ call that also takes the result to wait for (native.py builds it; XLA
+  cannot see through the call, so it keeps the order).
+
+Same values as Keras's Dense (tests/test_projection.py).
 """
 
 from __future__ import annotations
@@ -17,11 +25,21 @@ import functools
 import keras
 from keras import ops
 
+from . import native
+
+
+def after(value, result):
+    """`value`, as a C++ call's copy made once `result` exists: its users wait for `result`."""
+    import jax
+
+    shape = jax.ShapeDtypeStruct(value.shape, value.dtype)
+    return jax.ffi.ffi_call(native.AFTER, shape, vmap_method="sequential")(value, result)
+
 
 @functools.cache
 def ordered_projection():
-    """(x (N, H), kernel (H, V), bias (V,)) -> x @ kernel + bias, differentiable, with
-    the backward pass described above."""
+    """(x (N, H), kernel (H, V), bias (V,)) -> x @ kernel + bias (N, V), differentiable,
+    with the backward pass described above."""
     import jax
     from jax import lax
 
@@ -35,8 +53,12 @@ def ordered_projection():
     def backward(saved, d):
         x, kernel = saved
         dx = d @ kernel.T
-        dx, d, x_t = lax.optimization_barrier((dx, d, x.T))
-        return dx, x_t @ d, d.sum(axis=0)
+        x_t = lax.optimization_barrier(x.T)
+        # XLA's order without the C++ library, or under a distribution (the call has no
+        # rule for sharded arrays)
+        ordered = native.available() and keras.distribution.distribution() is None
+        dkernel = (after(x_t, dx) if ordered else x_t) @ d
+        return (after(dx, dkernel) if ordered else dx), dkernel, d.sum(axis=0)
 
     project.defvjp(forward, backward)
     return project
@@ -45,7 +67,8 @@ def ordered_projection():
 @keras.saving.register_keras_serializable(package="seq2seq")
 class OutputProjection(keras.layers.Dense):
     """keras.layers.Dense(V) over the last axis; on JAX its gradient comes from
-    `ordered_projection`. Other backends run Dense's own call."""
+    `ordered_projection`. Other backends, and Dense's options (activation, LoRA,
+    quantisation), run Dense's own call."""
 
     def call(self, inputs, training=None):
         plain = self.activation is keras.activations.linear and self.use_bias and not self.lora_enabled
