@@ -47,6 +47,19 @@ def test_values_and_gradients_equal_dense(shape):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_mixed_bfloat16_policy_matches_dense():
+    inputs = np.random.default_rng(2).normal(size=(4, 3, 16)).astype("float32")
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(size=(16, 11)).astype("float32"), rng.normal(size=11).astype("float32")]
+    layers = OutputProjection(11, dtype="mixed_bfloat16"), keras.layers.Dense(11, dtype="mixed_bfloat16")
+    for layer in layers:
+        layer.build(inputs.shape)
+        layer.set_weights(weights)
+    ours, dense = (keras.ops.convert_to_numpy(layer(inputs)) for layer in layers)
+    assert ours.dtype == dense.dtype
+    np.testing.assert_allclose(ours.astype("float32"), dense.astype("float32"), rtol=2e-2, atol=5e-2)
+
+
 def test_backward_products_are_ordered_through_the_cpp_call():
     """dW waits for dx and the rest of the backward pass for dW: two `after` calls in the
     compiled gradient (and the values above are Dense's)."""

@@ -39,7 +39,8 @@ def runs_native(logits) -> bool:
 def native_cross_entropy():
     """(logits (B, T, V) float32, ids (B, T) float32, label_smoothing) -> shares (B, T), hits
     (B, T): the C++ call, differentiable in the logits (its gradient is computed in the
-    same pass, kept, and scaled by the shares' cotangent)."""
+    same pass, kept, and scaled by the shares' cotangent). Called without a gradient
+    (evaluation), it still writes the gradient: one pass over (B, T, V) more than needed."""
     import jax
 
     def call(logits, y_true, label_smoothing: float):
@@ -101,19 +102,23 @@ class MaskedCrossEntropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="seq2seq")
 class MaskedAccuracy(keras.metrics.Metric):
-    """Share of non-<pad> target tokens whose most probable prediction is right."""
+    """Share of non-<pad> target tokens whose most probable prediction is right.
 
-    def __init__(self, name: str = "accuracy", **kwargs) -> None:
+    `label_smoothing`: the loss's. It does not change the accuracy; with it, the accuracy
+    asks for the same C++ call as the loss, which XLA then runs once for both."""
+
+    def __init__(self, name: str = "accuracy", label_smoothing: float = 0.0, **kwargs) -> None:
         super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
         self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
     def update_state(self, y_true, logits, sample_weight=None) -> None:
         y_true = ops.cast(y_true, "int32")
+        logits = ops.cast(logits, "float32")  # as the loss casts them (mixed precision)
         real = ops.not_equal(y_true, PAD_ID)
         if runs_native(logits):
-            # the loss's call without label smoothing: XLA then runs one call for both
-            hit = native_cross_entropy()(logits, ops.cast(y_true, "float32"), 0.0)[1]
+            hit = native_cross_entropy()(logits, ops.cast(y_true, "float32"), self.label_smoothing)[1]
             self.correct.assign_add(ops.sum(ops.cast(hit, self.dtype)))
             self.total.assign_add(ops.sum(ops.cast(real, self.dtype)))
             return
@@ -129,3 +134,6 @@ class MaskedAccuracy(keras.metrics.Metric):
     def reset_state(self) -> None:
         self.correct.assign(0.0)
         self.total.assign(0.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

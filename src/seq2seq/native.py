@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SWITCH = "SEQ2SEQ_NATIVE"  # "off": XLA's loop everywhere
+SWITCH = "SEQ2SEQ_NATIVE"  # "off": XLA's loop, Keras's loss ops and XLA's order everywhere
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / "lstm_loop.cc", CSRC / "cross_entropy.cc", CSRC / "after.cc"]  # one library
 HEADERS = [CSRC / "split_rows.h"]
@@ -88,8 +88,8 @@ def _build(compiler: str) -> Path:
 
 @functools.cache
 def unavailable_reason() -> str | None:
-    """None once the native loop is built and registered with XLA; otherwise why it is not
-    used (then recurrence.py runs XLA's loop)."""
+    """None once the library is built and its calls registered with XLA; otherwise why it
+    is not used (then the callers fall back: see the module's docstring)."""
     if os.environ.get(SWITCH, "").lower() == "off":
         return f"turned off ({SWITCH}=off)"
     if platform.machine().lower() not in ("x86_64", "amd64") or "avx512f" not in cpu_flags():

@@ -6,11 +6,13 @@
 // At word level (7,150 target words) XLA spent about 3.7 ms of a 21.5 ms step in
 // separate passes over the (B*T, V) logits: the max, exp and sum, the target's logit,
 // the max again for the accuracy, then the softmax's gradient. Here a row (V floats, 28 KB)
-// is read from memory once and stays in the core's first-level cache for the rest:
-//   pass 1: the row's max (and its sum, for label smoothing);
+// is read from memory once; it and its gradient's row stay in the core's cache for:
+//   pass 1: the row's max and mean (the mean for label smoothing);
 //   pass 2: exp(logit - max) into the gradient's row, and their sum;
 //   pass 3: the gradient: w * (p - q), q the target distribution, w the token's weight.
-// Shapes and semantics are losses.py's XLA path; tests/test_losses.py compares the two.
+// Shapes and semantics are losses.py's Keras ops; tests/test_cross_entropy.py compares the two.
+// (One difference: a NaN logit at a <pad> position does not reach the loss here; there it
+// does, as NaN * 0.)
 #ifndef __AVX512F__
 #error "the native cross-entropy needs AVX-512F (seq2seq then uses XLA's)"
 #endif
@@ -22,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -52,53 +55,83 @@ inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// A row of V floats in blocks of 16, the last one masked to the row's end.
+struct Blocks {
+  int64_t full;     // floats in whole blocks
+  __mmask16 tail;   // lanes of the last, partial block (0: none)
+  explicit Blocks(int64_t vocab)
+      : full(vocab / 16 * 16), tail(static_cast<__mmask16>((1u << (vocab - vocab / 16 * 16)) - 1)) {}
+};
+
+// Pass 1: the row's largest logit and its mean (V logits).
+void max_and_mean(const float* logits, int64_t vocab, Blocks blocks, float& max, float& mean) {
+  const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 vmax = lowest, vsum = _mm512_setzero_ps();
+  for (int64_t v = 0; v < blocks.full; v += 16) {
+    const __m512 x = _mm512_loadu_ps(logits + v);
+    vmax = _mm512_max_ps(vmax, x);
+    vsum = _mm512_add_ps(vsum, x);
+  }
+  if (blocks.tail) {
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(lowest, blocks.tail, logits + blocks.full));
+    vsum = _mm512_add_ps(vsum, _mm512_maskz_loadu_ps(blocks.tail, logits + blocks.full));
+  }
+  max = _mm512_reduce_max_ps(vmax);
+  mean = _mm512_reduce_add_ps(vsum) / static_cast<float>(vocab);
+}
+
+// Pass 2: out = exp(logits - max) (V floats); returns their sum.
+float exp_shifted(const float* logits, float max, Blocks blocks, float* out) {
+  const __m512 shift = _mm512_set1_ps(max);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t v = 0; v < blocks.full; v += 16) {
+    const __m512 t = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + v), shift));
+    _mm512_storeu_ps(out + v, t);
+    vsum = _mm512_add_ps(vsum, t);
+  }
+  if (blocks.tail) {
+    const __m512 x = _mm512_maskz_loadu_ps(blocks.tail, logits + blocks.full);
+    const __m512 t = _mm512_maskz_mov_ps(blocks.tail, exp16(_mm512_sub_ps(x, shift)));
+    _mm512_mask_storeu_ps(out + blocks.full, blocks.tail, t);
+    vsum = _mm512_add_ps(vsum, t);
+  }
+  return _mm512_reduce_add_ps(vsum);
+}
+
+// Pass 3: values <- values * scale - spread, in place (V floats).
+void scale_and_shift(float* values, Blocks blocks, float scale, float spread) {
+  const __m512 a = _mm512_set1_ps(scale), b = _mm512_set1_ps(spread);
+  for (int64_t v = 0; v < blocks.full; v += 16)
+    _mm512_storeu_ps(values + v, _mm512_fmsub_ps(_mm512_loadu_ps(values + v), a, b));
+  if (blocks.tail) {
+    float* last = values + blocks.full;
+    _mm512_mask_storeu_ps(last, blocks.tail, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(blocks.tail, last), a, b));
+  }
+}
+
 struct RowResult {
   float share;  // w * (-log p(target)), smoothed
   float hit;    // 1 if the target's logit is the row's largest
 };
 
-// One row of V logits -> its result, and its gradient written to `grad` (V floats).
-// w: the token's weight (0 for <pad>, else 1 / real tokens in the batch); e: label smoothing.
+// One real row of V logits -> its result, and its gradient written to `grad` (V floats):
+// w (p - q), p = softmax(logits), q = (1 - e) one_hot(target) + e / V.
+// w: the token's weight, 1 / real tokens in the batch; e: label smoothing.
 RowResult row(const float* logits, int64_t vocab, int32_t target, float w, float e, float* grad) {
-  const int64_t full = vocab / 16 * 16;
-  const __mmask16 tail = static_cast<__mmask16>((1u << (vocab - full)) - 1);
-  const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  __m512 vmax = lowest, vsum = _mm512_setzero_ps();
-  for (int64_t v = 0; v < full; v += 16) {
-    const __m512 x = _mm512_loadu_ps(logits + v);
-    vmax = _mm512_max_ps(vmax, x);
-    vsum = _mm512_add_ps(vsum, x);
-  }
-  if (tail) {
-    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(lowest, tail, logits + full));
-    vsum = _mm512_add_ps(vsum, _mm512_maskz_loadu_ps(tail, logits + full));
-  }
-  const float max = _mm512_reduce_max_ps(vmax);
-  const float mean = _mm512_reduce_add_ps(vsum) / static_cast<float>(vocab);
-  const __m512 shift = _mm512_set1_ps(max);
-  __m512 vexp = _mm512_setzero_ps();
-  for (int64_t v = 0; v < full; v += 16) {
-    const __m512 t = exp16(_mm512_sub_ps(_mm512_loadu_ps(logits + v), shift));
-    _mm512_storeu_ps(grad + v, t);
-    vexp = _mm512_add_ps(vexp, t);
-  }
-  if (tail) {
-    const __m512 t = _mm512_maskz_mov_ps(tail, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, logits + full), shift)));
-    _mm512_mask_storeu_ps(grad + full, tail, t);
-    vexp = _mm512_add_ps(vexp, t);
-  }
-  const float sum = _mm512_reduce_add_ps(vexp);
+  const Blocks blocks(vocab);
+  float max, mean;
+  max_and_mean(logits, vocab, blocks, max, mean);
+  const float sum = exp_shifted(logits, max, blocks, grad);
+  scale_and_shift(grad, blocks, w / sum, w * e / static_cast<float>(vocab));
+  grad[target] -= w * (1.0f - e);
   const float target_logit = logits[target];
   const float nll = max + std::log(sum) - target_logit;
-  // the smoothed target puts e / V on every word: its cross-entropy adds e * (mean -log p - nll)
-  const RowResult result{w * (nll - e * (mean - target_logit)), (w > 0.0f && target_logit >= max) ? 1.0f : 0.0f};
-  const __m512 scale = _mm512_set1_ps(w / sum), spread = _mm512_set1_ps(w * e / static_cast<float>(vocab));
-  for (int64_t v = 0; v < full; v += 16)
-    _mm512_storeu_ps(grad + v, _mm512_fmsub_ps(_mm512_loadu_ps(grad + v), scale, spread));
-  if (tail)
-    _mm512_mask_storeu_ps(grad + full, tail, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, grad + full), scale, spread));
-  grad[target] -= w * (1.0f - e);
-  return result;
+  // The smoothed target's cross-entropy is (1 - e) nll + e (mean over words of -log p).
+  // A NaN anywhere in the row makes the sum NaN (the max may have dropped it): no hit.
+  const bool hit = !std::isnan(sum) && target_logit >= max;
+  // without smoothing the mean is not used (a word ruled out by a -inf logit makes it -inf)
+  const float smoothing = e != 0.0f ? e * (mean - target_logit) : 0.0f;
+  return {w * (nll - smoothing), hit ? 1.0f : 0.0f};
 }
 
 ffi::Error invalid(const std::string& message) {
@@ -120,8 +153,14 @@ static ffi::Error CrossEntropy(ffi::Buffer<ffi::F32> logits, ffi::Buffer<ffi::F3
   const int64_t rows = vocab ? static_cast<int64_t>(logits.element_count()) / vocab : 0;
   if (static_cast<int64_t>(targets.element_count()) != rows) return invalid("one target per row of logits");
   // ids as float32, as Keras hands a loss its targets: the loss and the accuracy then pass
-  // XLA the same operands, and it runs one call for both
-  std::vector<int32_t> target(rows);
+  // XLA the same operands, and it runs one call for both (exact up to 2^24 words)
+  if (vocab > (int64_t{1} << 24)) return invalid("a vocabulary over 2^24 words (ids are float32)");
+  std::vector<int32_t> target;
+  try {
+    target.resize(rows);
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "cross_entropy: out of memory");
+  }
   int64_t real = 0;
   for (int64_t i = 0; i < rows; ++i) {
     const float id = targets.typed_data()[i];
