@@ -227,6 +227,9 @@ def _train_seq2seq(train, args) -> dict:
 
     if args.dense_output:  # the comparison for projection.py: Dense's own call, differentiated by JAX
         projection.OutputProjection.call = keras.layers.Dense.call
+    ordered_calls: list = []  # `after` calls traced in the output layer's backward pass (projection.py)
+    order_after = projection.after
+    projection.after = lambda *a: ordered_calls.append(1) or order_after(*a)
     native_losses: list = []  # losses traced on the C++ path (losses.py)
     runs_native = (lambda logits: False) if args.xla_loss else losses.runs_native
     losses.runs_native = lambda logits: runs_native(logits) and (native_losses.append(1) or True)
@@ -275,7 +278,7 @@ def _train_seq2seq(train, args) -> dict:
         loop="keras" if args.keras_loop else ("C++ (native.py)" if native_loops else "XLA (recurrence.py)"),
         input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
         loss="C++ (losses.py)" if native_losses else "XLA",
-        output_backward="XLA's (Dense)" if args.dense_output else "ordered (projection.py)",
+        output_backward="ordered (projection.py)" if ordered_calls else "XLA's",
         recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),

@@ -25,14 +25,8 @@ def target_logit(y_true, logits):
 
 
 def runs_native(logits) -> bool:
-    """True where the C++ call computes the loss: JAX, float32 logits, the library built,
-    one device (the call has no rule for splitting a sharded batch)."""
-    return (
-        keras.backend.backend() == "jax"
-        and logits.dtype == "float32"
-        and keras.distribution.distribution() is None
-        and native.available()
-    )
+    """True where the C++ call computes the loss: JAX, float32 logits, native.usable()."""
+    return keras.backend.backend() == "jax" and logits.dtype == "float32" and native.usable()
 
 
 @functools.cache
@@ -117,14 +111,12 @@ class MaskedAccuracy(keras.metrics.Metric):
         y_true = ops.cast(y_true, "int32")
         logits = ops.cast(logits, "float32")  # as the loss casts them (mixed precision)
         real = ops.not_equal(y_true, PAD_ID)
-        if runs_native(logits):
+        if runs_native(logits):  # 1.0 for right, 0.0 for wrong and for <pad>
             hit = native_cross_entropy()(logits, ops.cast(y_true, "float32"), self.label_smoothing)[1]
-            self.correct.assign_add(ops.sum(ops.cast(hit, self.dtype)))
-            self.total.assign_add(ops.sum(ops.cast(real, self.dtype)))
-            return
-        # right when the target's logit is the largest (a max is much cheaper than an argmax
-        # on CPU; a target tied for the largest counts as right)
-        hit = ops.logical_and(real, target_logit(y_true, logits) >= ops.max(logits, axis=-1))
+        else:
+            # right when the target's logit is the largest (a max is much cheaper than an
+            # argmax on CPU; a target tied for the largest counts as right)
+            hit = ops.logical_and(real, target_logit(y_true, logits) >= ops.max(logits, axis=-1))
         self.correct.assign_add(ops.sum(ops.cast(hit, self.dtype)))
         self.total.assign_add(ops.sum(ops.cast(real, self.dtype)))
 

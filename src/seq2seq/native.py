@@ -123,3 +123,11 @@ def unavailable_reason() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def usable() -> bool:
+    """True where XLA can make the library's calls: it is built, and no distribution splits
+    arrays across devices (the calls have no sharding rule)."""
+    import keras
+
+    return keras.distribution.distribution() is None and available()

@@ -54,9 +54,7 @@ def ordered_projection():
         x, kernel = saved
         dx = d @ kernel.T
         x_t = lax.optimization_barrier(x.T)
-        # XLA's order without the C++ library, or under a distribution (the call has no
-        # rule for sharded arrays)
-        ordered = native.available() and keras.distribution.distribution() is None
+        ordered = native.usable()  # else XLA's order
         dkernel = (after(x_t, dx) if ordered else x_t) @ d
         return (after(dx, dkernel) if ordered else dx), dkernel, d.sum(axis=0)
 
