@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seq2seq.batches import PairBatches, pad, padded_length, padded_target_length, teacher_forcing
+from seq2seq.batches import PairBatches, pad, padded_length, padded_training_length, teacher_forcing
 from seq2seq.model import DECODER_INPUT_IDS, SOURCE_IDS
 from seq2seq.vocab import END_ID, PAD_ID, START_ID
 
@@ -22,10 +22,18 @@ def test_padded_lengths_are_few_and_cover():
     assert len({padded_length(n) for n in range(1, 300)}) < 25
 
 
-def test_target_lengths_are_finer_and_at_most_a_fifth_padding():
-    assert [padded_target_length(n) for n in (1, 5, 8, 9, 17, 33, 64, 65, 129)] == [1, 5, 8, 10, 20, 40, 64, 80, 160]
-    assert all(n <= padded_target_length(n) <= n * 5 / 4 for n in range(1, 500))
-    assert len({padded_target_length(n) for n in range(1, 300)}) <= 30
+def test_training_lengths_are_finer_and_at_most_a_fifth_padding():
+    assert [padded_training_length(n) for n in (1, 5, 8, 9, 17, 33, 64, 65, 129)] == [1, 5, 8, 10, 20, 40, 64, 80, 160]
+    assert all(n <= padded_training_length(n) <= n * 5 / 4 for n in range(1, 500))
+    assert len({padded_training_length(n) for n in range(1, 300)}) <= 30
+
+
+def test_training_batches_pad_sources_as_finely_as_targets():
+    # five-word sources padded to 8 (the decoding sizes) made 29% of a word-level
+    # encoder's steps padding on spa-eng
+    batches = PairBatches([[4] * 5] * 40 + [[4] * 3] * 40, [[5] * 3] * 80, batch_size=16, seed=0)
+    source_lengths = sorted({batches[i][0][SOURCE_IDS].shape[1] for i in range(len(batches))})
+    assert source_lengths == [3, 5]
 
 
 def test_pad_right_pads_with_pad_id():
@@ -93,6 +101,31 @@ def test_rare_shapes_are_padded_into_at_most_max_shapes():
         rows = capped.batches[i]
         assert (expected[: len(rows)] != 0).sum() == sum(len(targets[j]) + 1 for j in rows)
         assert (inputs[SOURCE_IDS][: len(rows)] != 0).sum() == sum(len(sources[j]) for j in rows)
+
+
+def test_merging_shapes_pads_the_cheaper_side():
+    # four shapes, (3, 3), (5, 3), (3, 5), (5, 5) (decoder targets: words + <end>), two batches each
+    sources = [[5] * s for s in (3, 5, 3, 5) for _ in range(32)]
+    targets = [[6] * t for t in (2, 2, 4, 4) for _ in range(32)]
+
+    def shapes(target_cost: float) -> set[tuple[int, int]]:
+        return PairBatches(sources, targets, batch_size=16, max_shapes=2, target_cost=target_cost).shapes
+
+    assert PairBatches(sources, targets, batch_size=16, max_shapes=None).shapes is None
+    # a target position runs the output layer too: sources get the padding
+    assert shapes(target_cost=8.0) == {(5, 3), (5, 5)}
+    assert shapes(target_cost=0.1) == {(3, 5), (5, 5)}
+
+
+def test_merging_shapes_adds_the_least_padding_first():
+    # batches of 16: six of (3, 4), six of (4, 3), one of (4, 4), two of (4, 12)
+    shapes_and_batches = {(3, 4): 6, (4, 3): 6, (4, 4): 1, (4, 12): 2}
+    sources = [[5] * s for (s, _), n in shapes_and_batches.items() for _ in range(16 * n)]
+    targets = [[6] * (t - 1) for (_, t), n in shapes_and_batches.items() for _ in range(16 * n)]
+    batches = PairBatches(sources, targets, batch_size=16, max_shapes=3)
+    # the rarest, (4, 4), into (4, 12) would pad 8 of 12 target positions in its 16 rows
+    # (128); (3, 4) into (4, 4) pads one source position in 96 rows (96)
+    assert batches.shapes == {(4, 3), (4, 4), (4, 12)}
 
 
 def test_every_epoch_keeps_to_the_shapes_when_output_size_limits_the_rows():
