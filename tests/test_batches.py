@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from seq2seq.batches import PairBatches, pad, padded_length, padded_training_length, teacher_forcing
 from seq2seq.model import DECODER_INPUT_IDS, SOURCE_IDS
@@ -111,21 +112,48 @@ def test_merging_shapes_pads_the_cheaper_side():
     def shapes(target_cost: float) -> set[tuple[int, int]]:
         return PairBatches(sources, targets, batch_size=16, max_shapes=2, target_cost=target_cost).shapes
 
-    assert PairBatches(sources, targets, batch_size=16, max_shapes=None).shapes is None
+    free = PairBatches(sources, targets, batch_size=16, max_shapes=None)
+    assert {free.shape_of(rows) for rows in free.batches} == {(3, 3), (5, 3), (3, 5), (5, 5)}
     # a target position runs the output layer too: sources get the padding
     assert shapes(target_cost=8.0) == {(5, 3), (5, 5)}
     assert shapes(target_cost=0.1) == {(3, 5), (5, 5)}
 
 
 def test_merging_shapes_adds_the_least_padding_first():
-    # batches of 16: six of (3, 4), six of (4, 3), one of (4, 4), two of (4, 12)
-    shapes_and_batches = {(3, 4): 6, (4, 3): 6, (4, 4): 1, (4, 12): 2}
+    # batches of 16: six of (3, 4), seven of (4, 3), one of (4, 4), two of (4, 12)
+    shapes_and_batches = {(3, 4): 6, (4, 3): 7, (4, 4): 1, (4, 12): 2}
     sources = [[5] * s for (s, _), n in shapes_and_batches.items() for _ in range(16 * n)]
     targets = [[6] * (t - 1) for (_, t), n in shapes_and_batches.items() for _ in range(16 * n)]
     batches = PairBatches(sources, targets, batch_size=16, max_shapes=3)
     # the rarest, (4, 4), into (4, 12) would pad 8 of 12 target positions in its 16 rows
-    # (128); (3, 4) into (4, 4) pads one source position in 96 rows (96)
+    # (128); (3, 4) into (4, 4) pads one source position in 96 rows (96), (4, 3) one
+    # target position in 112 rows (112)
     assert batches.shapes == {(4, 3), (4, 4), (4, 12)}
+
+
+def test_merging_shapes_weighs_the_rows_moved_when_output_size_limits_the_rows():
+    # batches of at most 8 rows and 48 target positions: 4 rows at target length 12, 6 at 8
+    shapes_and_batches = {(5, 4): 4, (3, 8): 3, (2, 2): 4, (3, 6): 3, (3, 12): 2}
+    sources, targets = [], []
+    for (source, target), n in shapes_and_batches.items():
+        rows = min(8, 48 // target)
+        sources += [[5] * source] * (n * rows)
+        targets += [[6] * (target - 1)] * (n * rows)
+    batches = PairBatches(sources, targets, batch_size=8, max_tokens=48, max_shapes=3, shuffle=False)
+    # (3, 6)'s 24 rows join (3, 8) first; (3, 8) then holds 42 rows in 6 batches. Counted
+    # as 6 batches of its 6 rows, moving them to (3, 12) would look cheaper (36 x 4 = 144)
+    # than (2, 2) to (5, 4) (32 x 5 = 160); it costs 42 x 4 = 168
+    assert batches.shapes == {(3, 8), (3, 12), (5, 4)}
+
+
+def test_evaluation_batches_can_pad_sources_coarsely():
+    batches = PairBatches([[4] * 5] * 32, [[5] * 3] * 32, batch_size=16, fine_sources=False)
+    assert batches[0][0][SOURCE_IDS].shape[1] == padded_length(5) == 8
+
+
+def test_target_cost_must_be_positive():
+    with pytest.raises(ValueError, match="target_cost must be positive"):
+        PairBatches([[4]], [[5]], batch_size=1, target_cost=0)
 
 
 def test_every_epoch_keeps_to_the_shapes_when_output_size_limits_the_rows():

@@ -52,9 +52,7 @@ def padded_training_length(length: int) -> int:
     every length up to 8, then multiples of 2 up to 16, of 4 up to 32, and so on (at most
     a fifth of a row is padding). Padding is work in every step of every epoch, while a
     shape compiles once and PairBatches caps their number; short sentences, the most
-    common, get none. (The benchmark's word-level model, 15,725 pairs of spa-eng: the
-    sources' padding falls from 29% to 6% against `padded_length`'s sizes, an epoch takes
-    4.09 s against 4.42 s, the first epoch compiles for 6 s more.)"""
+    common, get none (see CHANGELOG.md for what this saved)."""
     return _round_up(length, TRAINING_STEPS)
 
 
@@ -86,7 +84,11 @@ class PairBatches(keras.utils.PyDataset):
     larger ones that hold them, the merge that adds the least work first (a target
     position counting as `target_cost` source positions: it also runs the output layer),
     every epoch pads to that set (a resumed run too), and a batch is cut to the rows its
-    padded shape allows. Only a batch longer than every shape in the set keeps its own.
+    padded shape allows. A shape that no other holds on both sides is never merged, so
+    more than `max_shapes` can remain; a later batch that no shape in the set holds
+    keeps its own. Sources are padded as finely as targets (`padded_training_length`)
+    unless `fine_sources` is False (`padded_length`'s coarser sizes: fewer shapes, for a
+    one-off pass where compiling costs more than padding).
     """
 
     POOL_BATCHES = 50
@@ -103,6 +105,7 @@ class PairBatches(keras.utils.PyDataset):
         row_multiple: int = 1,
         max_shapes: int | None = 24,
         target_cost: float = 1.0,
+        fine_sources: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -110,12 +113,15 @@ class PairBatches(keras.utils.PyDataset):
             raise ValueError("sources and targets must have the same length")
         if not sources:
             raise ValueError("no pairs to make batches from")
+        if not target_cost > 0:
+            raise ValueError(f"target_cost must be positive, got {target_cost}")
         self.sources = list(sources)
         self.decoder_inputs, self.decoder_targets = zip(*(teacher_forcing(t) for t in targets), strict=True)
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.row_multiple = row_multiple
         self.target_cost = target_cost
+        self.padded_source_length = padded_training_length if fine_sources else padded_length
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
@@ -154,17 +160,17 @@ class PairBatches(keras.utils.PyDataset):
     # words) under 2 GB.
     OUTPUT_ELEMENTS = 2**24
 
-    # An LSTM step's gate outputs (4 x 256 units), against which a target position's
-    # output layer (one output per target word) is weighed when shapes are merged.
-    GATE_OUTPUTS = 4 * 256
-
     @classmethod
-    def from_pairs(cls, source: Codec, target: Codec, pairs: Sequence[Pair], **kwargs) -> PairBatches:
+    def from_pairs(
+        cls, source: Codec, target: Codec, pairs: Sequence[Pair], latent_dim: int = 256, **kwargs
+    ) -> PairBatches:
         """Batches of text pairs, encoded by the source and target codecs, with at most
-        `OUTPUT_ELEMENTS` logits per batch, a target position weighing as much as
-        1 + V / `GATE_OUTPUTS` source positions."""
+        `OUTPUT_ELEMENTS` logits per batch. When shapes are merged, a target position
+        weighs 1 + V / (4 `latent_dim`) source positions: an LSTM step computes 4 x
+        latent_dim gates, and a target position also the output layer's V logits (a rough
+        weight: embeddings, two directions and attention are left out)."""
         kwargs.setdefault("max_tokens", cls.OUTPUT_ELEMENTS // len(target))
-        kwargs.setdefault("target_cost", 1 + len(target) / cls.GATE_OUTPUTS)
+        kwargs.setdefault("target_cost", 1 + len(target) / (4 * latent_dim))
         return cls([source.encode(p.source) for p in pairs], [target.encode(p.target) for p in pairs], **kwargs)
 
     def __len__(self) -> int:
@@ -181,7 +187,7 @@ class PairBatches(keras.utils.PyDataset):
     def shape_for(self, source_length: int, target_length: int) -> tuple[int, int]:
         """The (source length, target length) a batch with these longest sentences is
         padded to: its own padded lengths, or the smallest allowed shape holding them."""
-        shape = padded_training_length(source_length), padded_training_length(target_length)
+        shape = self.padded_source_length(source_length), padded_training_length(target_length)
         if self.shapes is None or shape in self.shapes:
             return shape
         return self._smallest_holding(shape, self.shapes) or shape
@@ -192,23 +198,24 @@ class PairBatches(keras.utils.PyDataset):
 
     def _fewest_shapes(self, batches: list[np.ndarray], max_shapes: int) -> set[tuple[int, int]]:
         """The shapes of `batches`, merged into larger ones until at most `max_shapes`
-        remain (or none can merge): each time the merge that adds the least padding over
-        all the batches it moves."""
-        count = Counter(self.shape_of(batch) for batch in batches)
-        while len(count) > max_shapes:
+        remain (or none can merge): each time the merge that adds the least work over all
+        the rows it moves."""
+        rows: Counter[tuple[int, int]] = Counter()
+        for batch in batches:
+            rows[self.shape_of(batch)] += len(batch)
+        while len(rows) > max_shapes:
             merges = []
-            for shape, n in count.items():
-                larger = self._smallest_holding(shape, set(count) - {shape})
+            for shape, n in rows.items():
+                larger = self._smallest_holding(shape, set(rows) - {shape})
                 if larger:
-                    added = n * self.rows_for(shape[1]) * (self._cells(larger) - self._cells(shape))
-                    merges.append((added, shape, larger))
+                    merges.append((n * (self._row_cost(larger) - self._row_cost(shape)), shape, larger))
             if not merges:
                 break
             _, shape, larger = min(merges)
-            count[larger] += count.pop(shape)
-        return set(count)
+            rows[larger] += rows.pop(shape)
+        return set(rows)
 
-    def _cells(self, shape: tuple[int, int]) -> float:
+    def _row_cost(self, shape: tuple[int, int]) -> float:
         """The work of one row of a batch of this shape: its source positions, plus its
         target positions weighted by `target_cost`."""
         return shape[0] + self.target_cost * shape[1]
@@ -218,7 +225,7 @@ class PairBatches(keras.utils.PyDataset):
         work in a row. Batches are cut to the rows their padded shape allows, so any
         such shape holds them."""
         holding = [(source, target) for source, target in shapes if source >= shape[0] and target >= shape[1]]
-        return min(holding, key=lambda s: (self._cells(s), s), default=None)
+        return min(holding, key=lambda s: (self._row_cost(s), s), default=None)
 
     def __getitem__(self, index: int):
         rows = self.batches[index]

@@ -225,7 +225,7 @@ def _fit(
     """Fit from `epochs_done` to `config.epochs`, with the callbacks that log, choose the
     best epoch, adjust the learning rate, stop early and checkpoint."""
     config, model = system.config, system.model
-    batching = dict(batch_size=config.batch_size, row_multiple=devices)
+    batching = dict(batch_size=config.batch_size, row_multiple=devices, latent_dim=config.latent_dim)
     train_batches = PairBatches.from_pairs(
         system.source, system.target, split.train, seed=config.seed, epoch=epochs_done, **batching
     )
