@@ -208,6 +208,7 @@ def _train_seq2seq(train, args) -> dict:
     import keras
 
     from seq2seq.batches import PairBatches
+    from seq2seq.model import SOURCE_IDS
 
     keras.config.set_dtype_policy(args.dtype_policy)  # e.g. mixed_bfloat16: bf16 compute, float32 weights
     if args.scan_unroll > 1:
@@ -267,6 +268,7 @@ def _train_seq2seq(train, args) -> dict:
     source_tokens = sum(len(system.source.encode(p.source)) for p in measured)
     target_tokens = batches.real_tokens()
     padded = sum(batches[i][1].size for i in range(len(batches)))
+    padded_sources = sum(batches[i][0][SOURCE_IDS].size for i in range(len(batches)))
     return dict(
         measured_pairs=len(measured),
         batches=len(batches),
@@ -282,6 +284,7 @@ def _train_seq2seq(train, args) -> dict:
         recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),
+        source_padding_share=round(1 - source_tokens / padded_sources, 3),
         first_epoch_seconds=round(first, 2),
         epoch_seconds=round(seconds, 3),
         real_target_tokens_per_s=round(target_tokens / seconds),
