@@ -265,10 +265,10 @@ def _train_seq2seq(train, args) -> dict:
     started = time.perf_counter()
     system.model.fit(batches, epochs=args.epochs, verbose=0, shuffle=False)
     seconds = (time.perf_counter() - started) / args.epochs
-    source_tokens = sum(len(system.source.encode(p.source)) for p in measured)
+    source_tokens = sum(len(source) for source in batches.sources)
     target_tokens = batches.real_tokens()
-    padded = sum(batches[i][1].size for i in range(len(batches)))
-    padded_sources = sum(batches[i][0][SOURCE_IDS].size for i in range(len(batches)))
+    sizes = [(inputs[SOURCE_IDS].size, targets.size) for inputs, targets in (batches[i] for i in range(len(batches)))]
+    padded_sources, padded = (sum(column) for column in zip(*sizes, strict=True))
     return dict(
         measured_pairs=len(measured),
         batches=len(batches),
