@@ -70,12 +70,70 @@ def test_row_sparse_steps_equal_keras_rmsprop(monkeypatch):
     assert not np.allclose(after[x[DECODER_INPUT_IDS][0, 0]], before[x[DECODER_INPUT_IDS][0, 0]])
 
 
+class SyncAfterFirstBatch(keras.callbacks.Callback):
+    """Reading `self.model` makes Keras's JAX trainer write its state to the variables
+    mid-epoch, and read it back before the next step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            assert self.model is not None
+
+
+@jax_only
+def test_lazily_decayed_steps_equal_keras_rmsprop(monkeypatch):
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)  # lazy for these small tables too
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 4)
+    lazy_calls = []
+    rows = row_sparse.rmsprop_rows
+    monkeypatch.setattr(
+        row_sparse, "rmsprop_rows", lambda *args: lazy_calls.append(args[-1] is not None) or rows(*args)
+    )
+    model, reference = _models()
+    # 3 steps an epoch: the state is written back and read again after steps 1, 3, 4, 6, 7
+    # and 9 (phases 1, 3, 0, 2, 3, 1), and the period ends after steps 4 and 8
+    x, y = _pairs(rows=12)
+    histories = [
+        m.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[SyncAfterFirstBatch()]).history
+        for m in (model, reference)
+    ]
+
+    assert lazy_calls == [True, True]
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(histories[0][name], histories[1][name], rtol=1e-5)
+    for ours, keras_own in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)
+    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+
+
+@jax_only
+def test_lazy_decay_writes_untouched_rows_only_when_the_period_ends(monkeypatch):
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 3)
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(rng.normal(size=(6, 2)), "float32")
+    ids = jnp.asarray([[1, 1, 4]], "int32")
+    untouched = np.array([0, 2, 3, 5])
+    eager = lazy = (kernel, jnp.asarray(rng.uniform(0.1, 1.0, size=(6, 2)), "float32"))  # scale 1 at step 0
+    for step in range(7):
+        gradients = jnp.asarray(rng.normal(size=(1, 3, 2)), "float32")
+        eager = row_sparse.rmsprop_rows(*eager, ids, gradients, 0.01, 0.9, 1e-7)
+        state_before = lazy[1]
+        lazy = row_sparse.rmsprop_rows(*lazy, ids, gradients, 0.01, 0.9, 1e-7, jnp.int32(step))
+        period_ended = (step + 1) % 3 == 0
+        assert np.array_equal(lazy[1][untouched], state_before[untouched]) != period_ended
+        np.testing.assert_allclose(lazy[0], eager[0], rtol=1e-6)
+        np.testing.assert_allclose(lazy[1] * row_sparse.velocity_scale(step + 1, 0.9), eager[1], rtol=1e-6)
+
+
 def _kernels(optimizer, source_steps: int = 5):
     model = build_model(CONFIG, SOURCE_VOCAB, TARGET_VOCAB)
     model.compile(optimizer=optimizer, loss="mse")
     model.optimizer.build(model.trainable_variables)
     inputs = {SOURCE_IDS: np.zeros((4, source_steps), "int32"), DECODER_INPUT_IDS: np.zeros((4, 6), "int32")}
-    return [k.layer.name for k in row_sparse.row_sparse_kernels(model, inputs, Seq2SeqModel.LOOKUP_INPUTS)]
+    kernels = row_sparse.row_sparse_kernels(model, inputs, Seq2SeqModel.LOOKUP_INPUTS)
+    return [k.layer.name + (" (lazy)" if k.lazy else "") for k in kernels]
 
 
 @jax_only
@@ -87,6 +145,21 @@ def test_row_sparse_steps_only_where_exact_and_cheaper():
     assert _kernels(keras.optimizers.Adam()) == []
     # As many positions as rows (char level): the dense step is as cheap.
     assert _kernels(keras.optimizers.RMSprop(), source_steps=10) == ["target_projection"]
+
+
+@jax_only
+def test_lazy_decay_only_for_large_tables_and_slow_decay(monkeypatch):
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", TARGET_VOCAB)
+    assert _kernels(keras.optimizers.RMSprop()) == ["source_projection", "target_projection (lazy)"]
+    # A lazy table's state is scaled, which Keras's step would misread: row by row always.
+    assert _kernels(keras.optimizers.RMSprop(), source_steps=20) == ["target_projection (lazy)"]
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)
+    assert _kernels(keras.optimizers.RMSprop(), source_steps=20) == [
+        "source_projection (lazy)",
+        "target_projection (lazy)",
+    ]
+    # rho^(period - 1) would underflow towards 0: decay every step.
+    assert _kernels(keras.optimizers.RMSprop(rho=0.1)) == ["source_projection", "target_projection"]
     # Mixed precision: Keras sums a row's gradients in bfloat16, the row-sparse step would not.
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:

@@ -182,7 +182,8 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
 class Seq2SeqModel(keras.Model):
     """The functional training model. On JAX with RMSprop, its train step updates the
     one-hot input kernels row by row (row_sparse.py): the same step, without the dense
-    (V, 4H) gradient of a lookup."""
+    (V, 4H) gradient of a lookup, and for large tables without decaying every row's
+    velocity every step."""
 
     LOOKUP_INPUTS = {"source_projection": SOURCE_IDS, "target_projection": DECODER_INPUT_IDS}
 
@@ -194,6 +195,27 @@ class Seq2SeqModel(keras.Model):
             if kernels:
                 return row_sparse.train_step(self, state, data, kernels)
         return super().train_step(*args)
+
+    # Keras's JAX trainer reads the step state from the variables here, and writes it back
+    # in jax_state_sync: lazily decayed velocities are scaled in the state only.
+    def _get_jax_state(
+        self, trainable_variables=False, non_trainable_variables=False, optimizer_variables=False, **kwargs
+    ):
+        state = super()._get_jax_state(trainable_variables, non_trainable_variables, optimizer_variables, **kwargs)
+        if not optimizer_variables:
+            return state
+        state, at = list(state), int(trainable_variables) + int(non_trainable_variables)
+        state[at] = row_sparse.convert_lazy_velocities(self, state[at], self.LOOKUP_INPUTS, to_state=True)
+        return tuple(state)
+
+    def jax_state_sync(self):
+        state = getattr(self, "_jax_state", None)
+        if state and not self._jax_state_synced and state.get("optimizer_variables"):
+            values = row_sparse.convert_lazy_velocities(
+                self, state["optimizer_variables"], self.LOOKUP_INPUTS, to_state=False
+            )
+            self._jax_state = {**state, "optimizer_variables": values}
+        super().jax_state_sync()
 
 
 def build_model(config: Config, source_vocab_size: int, target_vocab_size: int) -> keras.Model:

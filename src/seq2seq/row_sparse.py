@@ -20,6 +20,16 @@ against Keras's own step.
 Used only where it is exact and pays: JAX, Keras's RMSprop with no momentum, centring,
 clipping, weight decay or moving average, one device, float32 lookups (not mixed
 precision), and fewer looked-up positions than rows (word level, not char level).
+
+Lazy decay. The pass v[u] <- rho v[u] reads and writes all of v, about 1 ms a step for
+each word table of the benchmark, which touches a few hundred rows. For tables of at
+least LAZY_DECAY_MIN_ROWS rows the step state holds v / s instead, with the scale
+s = rho^(i mod P) after i steps (P = LAZY_DECAY_PERIOD): then an untouched row's stored
+value needs no write at all, a looked-up row stores its new v / s, and only every P-th
+step, where s returns to 1, decays the untouched rows (rho^P in one pass). Keras's
+variables always hold v itself: the model converts when Keras's JAX trainer reads its
+state from the variables and when it writes it back (`Seq2SeqModel._get_jax_state`,
+`jax_state_sync`), so checkpoints, resuming and callbacks see Keras's own RMSprop state.
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ import keras
 
 from .layers import TokenProjection, lookup_taps
 
+LAZY_DECAY_MIN_ROWS = 1024  # smaller tables (characters) are cheap to decay in full
+LAZY_DECAY_PERIOD = 32  # steps between full passes; s >= rho^31, 0.04 for rho = 0.9
+LAZY_DECAY_MIN_RHO = 0.5  # keeps 1 / s below 2^31 (and s > 0)
+
 
 @dataclass(frozen=True)
 class RowSparseKernel:
@@ -42,6 +56,7 @@ class RowSparseKernel:
     input_name: str  # the model input holding the ids it looks up
     kernel_index: int  # in model.trainable_variables
     velocity_index: int  # in optimizer.variables
+    lazy: bool  # the step state holds the velocity / velocity_scale (lazy decay)
 
 
 def _index_of(variable, variables) -> int:
@@ -62,42 +77,81 @@ def plain_rmsprop(optimizer) -> bool:
     )
 
 
-def row_sparse_kernels(model: keras.Model, inputs: dict, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
-    """The kernels to update row by row in a step on `inputs` ({input name: ids (B, T)}).
-
-    layer_inputs: {TokenProjection name: name of the model input it looks up}."""
+def _eligible_kernels(model: keras.Model, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
+    """Every kernel a step may update row by row, whatever the batch."""
     optimizer = model.optimizer
     if keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
         return []
     if optimizer is None or not optimizer.built or not plain_rmsprop(optimizer):
         return []
+    # Lazy decay needs the trainer's hooks where Keras reads and writes its state.
+    hooks = hasattr(keras.Model, "_get_jax_state") and hasattr(keras.Model, "jax_state_sync")
     kernels = []
     for layer_name, input_name in layer_inputs.items():
         layer = next((layer for layer in model.layers if layer.name == layer_name), None)
-        if not isinstance(layer, TokenProjection) or not layer.trainable or input_name not in inputs:
+        if not isinstance(layer, TokenProjection) or not layer.trainable:
             continue
         if layer.compute_dtype != layer.kernel.dtype:  # e.g. mixed_bfloat16: Keras sums the rows in bfloat16
             continue
-        if inputs[input_name].size >= layer.vocab_size:  # as many positions as rows (char level): no saving
-            continue
         velocity = optimizer._velocities[optimizer._get_variable_index(layer.kernel)]
+        lazy = hooks and layer.vocab_size >= LAZY_DECAY_MIN_ROWS and LAZY_DECAY_MIN_RHO <= optimizer.rho <= 1
         kernels.append(
             RowSparseKernel(
                 layer,
                 input_name,
                 _index_of(layer.kernel, model.trainable_variables),
                 _index_of(velocity, optimizer.variables),
+                lazy,
             )
         )
     # Keras's optimizer still steps the other variables, and refuses a step with none
     return kernels if len(kernels) < len(model.trainable_variables) else []
 
 
-def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float, epsilon: float):
+def row_sparse_kernels(model: keras.Model, inputs: dict, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
+    """The kernels to update row by row in a step on `inputs` ({input name: ids (B, T)}).
+
+    layer_inputs: {TokenProjection name: name of the model input it looks up}. A lazily
+    decayed kernel is always among them: its state is scaled, which Keras's step would not read."""
+    return [
+        k
+        for k in _eligible_kernels(model, layer_inputs)
+        if k.input_name in inputs
+        # as many positions as rows (char level): no saving
+        and (k.lazy or inputs[k.input_name].size < k.layer.vocab_size)
+    ]
+
+
+def velocity_scale(iterations, rho: float, dtype="float32"):
+    """s = rho^(iterations mod LAZY_DECAY_PERIOD): a lazy kernel's state holds velocity / s."""
+    import jax.numpy as jnp
+
+    phase = (jnp.asarray(iterations) % LAZY_DECAY_PERIOD).astype(dtype)
+    return jnp.asarray(rho, dtype) ** phase
+
+
+def convert_lazy_velocities(model: keras.Model, optimizer_values: list, layer_inputs: dict[str, str], to_state: bool):
+    """Keras's RMSprop velocities -> the step state's (to_state), or back: `optimizer_values`
+    lists the values of optimizer.variables. Returns a new list."""
+    lazy = [k for k in _eligible_kernels(model, layer_inputs) if k.lazy]
+    if not lazy:
+        return optimizer_values
+    optimizer = model.optimizer
+    scale = velocity_scale(optimizer_values[_index_of(optimizer.iterations, optimizer.variables)], optimizer.rho)
+    values = list(optimizer_values)
+    for k in lazy:
+        velocity = values[k.velocity_index]
+        values[k.velocity_index] = velocity / scale.astype(velocity.dtype) if to_state else velocity * scale
+    return values
+
+
+def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float, epsilon: float, iterations=None):
     """One RMSprop step for a lookup table, from the gradients of the looked-up rows.
 
     kernel, velocity: (V, D); ids: (B, T) int; row_gradients: (B, T, D), the gradient of
-    the loss with respect to kernel[ids]. Returns the new (kernel, velocity)."""
+    the loss with respect to kernel[ids]. Returns the new (kernel, velocity). With
+    `iterations` (the steps done before this one), velocity is the lazily decayed
+    state, RMSprop's v / velocity_scale(iterations); without, v itself."""
     import jax
     import jax.numpy as jnp
 
@@ -110,15 +164,27 @@ def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float
     gradient = jax.ops.segment_sum(
         row_gradients.reshape(positions, -1).astype(kernel.dtype), position_row.reshape(-1), num_segments=positions
     )
-    row_velocity = rho * velocity.at[rows].get(mode="fill", fill_value=0) + (1 - rho) * jnp.square(gradient)
+    if iterations is None:
+        scale = next_scale = jnp.ones((), kernel.dtype)
+    else:
+        scale, next_scale = (velocity_scale(i, rho, kernel.dtype) for i in (iterations, iterations + 1))
+    stored = velocity.at[rows].get(mode="fill", fill_value=0)
+    row_velocity = rho * (stored * scale) + (1 - rho) * jnp.square(gradient)
     increment = learning_rate * gradient / jnp.sqrt(row_velocity + epsilon)
     kernel = kernel.at[rows].add(-increment, mode="drop")
-    # Untouched rows decay; written after the scatter, as a select, so XLA updates v in
-    # place (decaying first made it copy the whole of v).
-    looked_up = jnp.zeros(vocab_size, bool).at[rows].set(True, mode="drop")
-    velocity = velocity.at[rows].set(row_velocity, mode="drop")
-    velocity = jnp.where(looked_up[:, None], velocity, rho * velocity)
-    return kernel, velocity
+    velocity = velocity.at[rows].set(row_velocity / next_scale, mode="drop")
+
+    def decay_untouched(velocity):
+        # Written after the scatter, as a select, so XLA updates v in place (decaying
+        # first made it copy the whole of v).
+        looked_up = jnp.zeros(vocab_size, bool).at[rows].set(True, mode="drop")
+        return jnp.where(looked_up[:, None], velocity, (rho * scale) * velocity)
+
+    if iterations is None:
+        return kernel, decay_untouched(velocity)
+    # The scale returns to 1 every LAZY_DECAY_PERIOD steps: then the untouched rows decay.
+    wrapped = (iterations + 1) % LAZY_DECAY_PERIOD == 0
+    return kernel, jax.lax.cond(wrapped, decay_untouched, lambda velocity: velocity, velocity)
 
 
 def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
@@ -149,6 +215,7 @@ def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
     unscaled_loss, y_pred, non_trainable, metrics_variables = aux
     with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_variables, strict=True))):
         learning_rate = jnp.asarray(optimizer.learning_rate)  # before the step, as Keras reads it
+    iterations = optimizer_variables[_index_of(optimizer.iterations, optimizer.variables)]
 
     skipped = sorted(k.kernel_index for k in kernels)
     gradients = [None if i in skipped else g for i, g in enumerate(gradients)]
@@ -166,6 +233,7 @@ def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
             learning_rate,
             optimizer.rho,
             optimizer.epsilon,
+            iterations if k.lazy else None,
         )
     logs, metrics_variables = model._update_metrics_variables(
         metrics_variables, unscaled_loss, x, y, y_pred, sample_weight
