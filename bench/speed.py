@@ -223,7 +223,9 @@ def _train_seq2seq(train, args) -> dict:
     from seq2seq.model import Seq2SeqModel
 
     if args.dense_kernel_updates:  # the comparison for row_sparse.py: Keras's own train step
-        Seq2SeqModel.train_step = keras.Model.train_step
+        Seq2SeqModel.LOOKUP_INPUTS = {}  # no kernel is row-sparse (nor its velocity lazily decayed)
+    if args.eager_decay:  # the comparison for lazy decay: every row's velocity decayed every step
+        row_sparse.LAZY_DECAY_MIN_ROWS = sys.maxsize
     from seq2seq import losses, projection
 
     if args.dense_output:  # the comparison for projection.py: Dense's own call, differentiated by JAX
@@ -279,6 +281,7 @@ def _train_seq2seq(train, args) -> dict:
         scan_unroll=args.scan_unroll,
         loop="keras" if args.keras_loop else ("C++ (native.py)" if native_loops else "XLA (recurrence.py)"),
         input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
+        lazy_decay_min_rows=row_sparse.LAZY_DECAY_MIN_ROWS,
         loss="C++ (losses.py)" if native_losses else "XLA",
         output_backward="ordered (projection.py)" if ordered_calls else "XLA's",
         recurrent_matmul=args.recurrent_matmul,
@@ -443,6 +446,9 @@ def main() -> None:
     parser.add_argument("--optimizer", help="train (seq2seq): instead of the textbook's RMSprop")
     parser.add_argument(
         "--dense-kernel-updates", action="store_true", help="train (seq2seq, JAX): Keras's step, not row_sparse.py's"
+    )
+    parser.add_argument(
+        "--eager-decay", action="store_true", help="train (seq2seq, JAX): decay every velocity row every step"
     )
     parser.add_argument(
         "--xla-loss", action="store_true", help="train (seq2seq, JAX): the loss in Keras's ops, not the C++ call"
