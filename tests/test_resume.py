@@ -17,13 +17,13 @@ SETTINGS = (
     "data='builtin:reverse', num_samples=400, epochs=4, latent_dim=16, batch_size=32, input='embedding', "
     "embedding_dim=8, attention='luong', dropout=0.1, lr_patience=1, dev_bleu_sentences=20, seed=3"
 )
-# One-hot word inputs, their velocities decayed lazily (row_sparse.py) with a period of 3
+# One-hot word inputs, their velocities decayed lazily (row_sparse.py) with a period of 5
 # steps, so that epochs, and the kill, end at different phases of the period.
 LAZY_SETTINGS = (
     "data='builtin:reverse', num_samples=400, epochs=4, latent_dim=16, batch_size=32, level='word', "
     "input='onehot', lr_patience=1, dev_bleu_sentences=20, seed=3"
 )
-LAZY_DECAY = "from seq2seq import row_sparse; row_sparse.LAZY_DECAY_MIN_ROWS = 0; row_sparse.LAZY_DECAY_PERIOD = 3"
+LAZY_DECAY = "from seq2seq import row_sparse; row_sparse.LAZY_DECAY_MIN_ROWS = 0; row_sparse.LAZY_DECAY_PERIOD = 5"
 
 TRAIN = textwrap.dedent(
     """
@@ -75,6 +75,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, settings, patc
     assert result.returncode != 0  # killed
     state = json.loads((killed / "checkpoint" / "state.json").read_text())
     assert state["epochs_done"] == 2
+    if patch != "pass":  # the checkpoint was taken where the step state's scale is not 1
+        assert _weights(killed)[1] % 5 != 0
 
     result = _run("-c", RESUME.format(patch=patch), str(killed))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -97,6 +99,14 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, settings, patc
         assert float(row["loss"]) == float(reference["loss"])
         assert float(row["dev_bleu"]) == float(reference["dev_bleu"])
         assert float(row["learning_rate"]) == float(reference["learning_rate"])
+
+    if patch != "pass":  # and the lazily decayed run is RMSprop's, as an eager run shows
+        eager = tmp_path / "eager"
+        assert _run("-c", TRAIN.format(settings=settings, patch="pass"), str(eager), "0").returncode == 0
+        eager_weights, eager_iterations, eager_optimizer = _weights(eager)
+        assert eager_iterations == iterations
+        for a, b in zip(eager_weights + eager_optimizer, weights + optimizer, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_resume_needs_a_checkpoint(tmp_path, capsys):

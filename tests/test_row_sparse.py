@@ -85,9 +85,7 @@ def test_lazily_decayed_steps_equal_keras_rmsprop(monkeypatch):
     monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 4)
     lazy_calls = []
     rows = row_sparse.rmsprop_rows
-    monkeypatch.setattr(
-        row_sparse, "rmsprop_rows", lambda *args: lazy_calls.append(args[-1] is not None) or rows(*args)
-    )
+    monkeypatch.setattr(row_sparse, "rmsprop_rows", lambda *args: lazy_calls.append(args[-1] > 1) or rows(*args))
     model, reference = _models()
     # 3 steps an epoch: the state is written back and read again after steps 1, 3, 4, 6, 7
     # and 9 (phases 1, 3, 0, 2, 3, 1), and the period ends after steps 4 and 8
@@ -107,10 +105,66 @@ def test_lazily_decayed_steps_equal_keras_rmsprop(monkeypatch):
 
 
 @jax_only
+def test_lazy_decay_keeps_the_rho_it_was_traced_with(monkeypatch):
+    """Keras's traced step keeps the rho it was traced with; so do the conversions."""
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 4)
+    model, reference = _models()
+    x, y = _pairs(rows=12)
+    for m in (model, reference):
+        m.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        m.optimizer.rho = 0.5
+        m.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+
+
+@jax_only
+def test_lazily_decayed_steps_take_inputs_as_a_list(monkeypatch):
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 4)
+    calls = count_calls(monkeypatch, row_sparse, "train_step")
+    model, reference = _models()
+    x, y = _pairs(rows=12)
+    as_list = [x[SOURCE_IDS], x[DECODER_INPUT_IDS]]
+    for m in (model, reference):
+        m.fit(as_list, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        m.train_on_batch(as_list, y)
+    assert len(calls) == 2  # traced for fit and for train_on_batch: the row-sparse step ran
+    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+
+
+@jax_only
+def test_an_interrupted_step_after_a_mid_epoch_sync_keeps_rmsprops_state(monkeypatch):
+    """Keras writes the state back again when a step fails (fit's `finally`): the velocities
+    must not be converted twice."""
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 4)
+    model, reference = _models()
+    x, y = _pairs(rows=12)
+    for m in (model, reference):
+        m.make_train_function()
+        step, steps = m.train_function, []
+
+        def interrupted(state, data, step=step, steps=steps):
+            steps.append(1)
+            if len(steps) == 2:  # the step after the callback's sync, before Keras holds a new state
+                raise KeyboardInterrupt
+            return step(state, data)
+
+        m.train_function = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[SyncAfterFirstBatch()])
+    assert int(np.asarray(model.optimizer.iterations)) == 1  # a phase other than 0
+    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+
+
+@jax_only
 def test_lazy_decay_writes_untouched_rows_only_when_the_period_ends(monkeypatch):
     import jax.numpy as jnp
 
-    monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 3)
     rng = np.random.default_rng(0)
     kernel = jnp.asarray(rng.normal(size=(6, 2)), "float32")
     ids = jnp.asarray([[1, 1, 4]], "int32")
@@ -120,11 +174,11 @@ def test_lazy_decay_writes_untouched_rows_only_when_the_period_ends(monkeypatch)
         gradients = jnp.asarray(rng.normal(size=(1, 3, 2)), "float32")
         eager = row_sparse.rmsprop_rows(*eager, ids, gradients, 0.01, 0.9, 1e-7)
         state_before = lazy[1]
-        lazy = row_sparse.rmsprop_rows(*lazy, ids, gradients, 0.01, 0.9, 1e-7, jnp.int32(step))
+        lazy = row_sparse.rmsprop_rows(*lazy, ids, gradients, 0.01, 0.9, 1e-7, jnp.int32(step), 3)
         period_ended = (step + 1) % 3 == 0
         assert np.array_equal(lazy[1][untouched], state_before[untouched]) != period_ended
         np.testing.assert_allclose(lazy[0], eager[0], rtol=1e-6)
-        np.testing.assert_allclose(lazy[1] * row_sparse.velocity_scale(step + 1, 0.9), eager[1], rtol=1e-6)
+        np.testing.assert_allclose(lazy[1] * row_sparse.velocity_scale(step + 1, 0.9, 3), eager[1], rtol=1e-6)
 
 
 def _kernels(optimizer, source_steps: int = 5):

@@ -190,32 +190,40 @@ class Seq2SeqModel(keras.Model):
     def train_step(self, *args):
         if keras.backend.backend() == "jax":
             state, data = args
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            if isinstance(x, list | tuple) and len(x) == len(self.inputs):  # by name, as the row-sparse step reads it
+                x = {tensor.name: value for tensor, value in zip(self.inputs, x, strict=True)}
             kernels = row_sparse.row_sparse_kernels(self, x, self.LOOKUP_INPUTS) if isinstance(x, dict) else []
             if kernels:
-                return row_sparse.train_step(self, state, data, kernels)
+                return row_sparse.train_step(self, state, (x, y, sample_weight), kernels)
         return super().train_step(*args)
 
-    # Keras's JAX trainer reads the step state from the variables here, and writes it back
-    # in jax_state_sync: lazily decayed velocities are scaled in the state only.
     def _get_jax_state(
         self, trainable_variables=False, non_trainable_variables=False, optimizer_variables=False, **kwargs
     ):
+        """Keras's JAX trainer reads the step state from the variables here: lazily decayed
+        velocities go into it scaled (row_sparse.py)."""
         state = super()._get_jax_state(trainable_variables, non_trainable_variables, optimizer_variables, **kwargs)
         if not optimizer_variables:
             return state
-        state, at = list(state), int(trainable_variables) + int(non_trainable_variables)
-        state[at] = row_sparse.convert_lazy_velocities(self, state[at], self.LOOKUP_INPUTS, to_state=True)
+        state, optimizer_at = list(state), int(trainable_variables) + int(non_trainable_variables)
+        state[optimizer_at] = row_sparse.convert_lazy_velocities(
+            self, state[optimizer_at], self.LOOKUP_INPUTS, to_state=True
+        )
         return tuple(state)
 
     def jax_state_sync(self):
+        """Keras's JAX trainer writes the step state back to the variables here: lazily
+        decayed velocities come out as RMSprop's own."""
         state = getattr(self, "_jax_state", None)
-        if state and not self._jax_state_synced and state.get("optimizer_variables"):
-            values = row_sparse.convert_lazy_velocities(
-                self, state["optimizer_variables"], self.LOOKUP_INPUTS, to_state=False
-            )
-            self._jax_state = {**state, "optimizer_variables": values}
-        super().jax_state_sync()
+        if not state or self._jax_state_synced or not state.get("optimizer_variables"):
+            return super().jax_state_sync()
+        values = row_sparse.convert_lazy_velocities(self, state["optimizer_variables"], self.LOOKUP_INPUTS, False)
+        self._jax_state = {**state, "optimizer_variables": values}
+        try:
+            super().jax_state_sync()
+        finally:  # Keras may sync the same state again (after an interrupted step): keep it scaled
+            self._jax_state = state
 
 
 def build_model(config: Config, source_vocab_size: int, target_vocab_size: int) -> keras.Model:

@@ -30,12 +30,16 @@ step, where s returns to 1, decays the untouched rows (rho^P in one pass). Keras
 variables always hold v itself: the model converts when Keras's JAX trainer reads its
 state from the variables and when it writes it back (`Seq2SeqModel._get_jax_state`,
 `jax_state_sync`), so checkpoints, resuming and callbacks see Keras's own RMSprop state.
+Which tables are lazy, with which rho and period, is decided once per optimizer, so that
+the traced step and those conversions always agree; a lazy table is updated row by row
+in every step (Keras's step would misread its state).
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import keras
@@ -44,7 +48,7 @@ from .layers import TokenProjection, lookup_taps
 
 LAZY_DECAY_MIN_ROWS = 1024  # smaller tables (characters) are cheap to decay in full
 LAZY_DECAY_PERIOD = 32  # steps between full passes; s >= rho^31, 0.04 for rho = 0.9
-LAZY_DECAY_MIN_RHO = 0.5  # keeps 1 / s below 2^31 (and s > 0)
+LAZY_DECAY_MIN_SCALE = 2.0**-31  # a smaller rho^(period - 1) decays every step (and s > 0)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,13 @@ class RowSparseKernel:
     input_name: str  # the model input holding the ids it looks up
     kernel_index: int  # in model.trainable_variables
     velocity_index: int  # in optimizer.variables
-    lazy: bool  # the step state holds the velocity / velocity_scale (lazy decay)
+    iterations_index: int  # of optimizer.iterations in optimizer.variables
+    rho: float
+    decay_period: int  # > 1: lazy decay, the step state holds v / rho^(iterations mod decay_period)
+
+    @property
+    def lazy(self) -> bool:
+        return self.decay_period > 1
 
 
 def _index_of(variable, variables) -> int:
@@ -77,6 +87,21 @@ def plain_rmsprop(optimizer) -> bool:
     )
 
 
+# optimizer -> (layer_inputs, kernels): decided once, so that the traced step and the
+# trainer's hooks agree even if a setting changes later (say, a callback sets rho)
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _converts_lazy_state(model: keras.Model) -> bool:
+    """True if `model` converts lazily decayed velocities where Keras's JAX trainer reads
+    and writes its state (Seq2SeqModel does)."""
+    model_type = type(model)
+    return all(
+        hasattr(keras.Model, name) and getattr(model_type, name) is not getattr(keras.Model, name)
+        for name in ("_get_jax_state", "jax_state_sync")
+    )
+
+
 def _eligible_kernels(model: keras.Model, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
     """Every kernel a step may update row by row, whatever the batch."""
     optimizer = model.optimizer
@@ -84,8 +109,18 @@ def _eligible_kernels(model: keras.Model, layer_inputs: dict[str, str]) -> list[
         return []
     if optimizer is None or not optimizer.built or not plain_rmsprop(optimizer):
         return []
-    # Lazy decay needs the trainer's hooks where Keras reads and writes its state.
-    hooks = hasattr(keras.Model, "_get_jax_state") and hasattr(keras.Model, "jax_state_sync")
+    planned_inputs, kernels = _PLANS.get(optimizer, (None, None))
+    if planned_inputs != layer_inputs:
+        kernels = _plan(model, layer_inputs)
+        _PLANS[optimizer] = (dict(layer_inputs), kernels)
+    return kernels
+
+
+def _plan(model: keras.Model, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
+    optimizer = model.optimizer
+    lazy_period = LAZY_DECAY_PERIOD if _converts_lazy_state(model) else 1
+    if not 0 < optimizer.rho <= 1 or optimizer.rho ** (lazy_period - 1) < LAZY_DECAY_MIN_SCALE:
+        lazy_period = 1
     kernels = []
     for layer_name, input_name in layer_inputs.items():
         layer = next((layer for layer in model.layers if layer.name == layer_name), None)
@@ -94,14 +129,15 @@ def _eligible_kernels(model: keras.Model, layer_inputs: dict[str, str]) -> list[
         if layer.compute_dtype != layer.kernel.dtype:  # e.g. mixed_bfloat16: Keras sums the rows in bfloat16
             continue
         velocity = optimizer._velocities[optimizer._get_variable_index(layer.kernel)]
-        lazy = hooks and layer.vocab_size >= LAZY_DECAY_MIN_ROWS and LAZY_DECAY_MIN_RHO <= optimizer.rho <= 1
         kernels.append(
             RowSparseKernel(
                 layer,
                 input_name,
                 _index_of(layer.kernel, model.trainable_variables),
                 _index_of(velocity, optimizer.variables),
-                lazy,
+                _index_of(optimizer.iterations, optimizer.variables),
+                float(optimizer.rho),
+                lazy_period if layer.vocab_size >= LAZY_DECAY_MIN_ROWS else 1,
             )
         )
     # Keras's optimizer still steps the other variables, and refuses a step with none
@@ -112,21 +148,26 @@ def row_sparse_kernels(model: keras.Model, inputs: dict, layer_inputs: dict[str,
     """The kernels to update row by row in a step on `inputs` ({input name: ids (B, T)}).
 
     layer_inputs: {TokenProjection name: name of the model input it looks up}. A lazily
-    decayed kernel is always among them: its state is scaled, which Keras's step would not read."""
+    decayed kernel is always among them: its state is scaled, which Keras's step would
+    misread, so a step without its input is an error."""
+    kernels = _eligible_kernels(model, layer_inputs)
+    missing = [k.input_name for k in kernels if k.lazy and k.input_name not in inputs]
+    if missing:
+        raise ValueError(f"a training step needs the inputs {missing} by name; got {sorted(inputs)}")
     return [
         k
-        for k in _eligible_kernels(model, layer_inputs)
+        for k in kernels
         if k.input_name in inputs
         # as many positions as rows (char level): no saving
         and (k.lazy or inputs[k.input_name].size < k.layer.vocab_size)
     ]
 
 
-def velocity_scale(iterations, rho: float, dtype="float32"):
-    """s = rho^(iterations mod LAZY_DECAY_PERIOD): a lazy kernel's state holds velocity / s."""
+def velocity_scale(iterations, rho: float, period: int, dtype="float32"):
+    """s = rho^(iterations mod period): a lazy kernel's state holds velocity / s."""
     import jax.numpy as jnp
 
-    phase = (jnp.asarray(iterations) % LAZY_DECAY_PERIOD).astype(dtype)
+    phase = (jnp.asarray(iterations) % period).astype(dtype)
     return jnp.asarray(rho, dtype) ** phase
 
 
@@ -134,24 +175,23 @@ def convert_lazy_velocities(model: keras.Model, optimizer_values: list, layer_in
     """Keras's RMSprop velocities -> the step state's (to_state), or back: `optimizer_values`
     lists the values of optimizer.variables. Returns a new list."""
     lazy = [k for k in _eligible_kernels(model, layer_inputs) if k.lazy]
-    if not lazy:
-        return optimizer_values
-    optimizer = model.optimizer
-    scale = velocity_scale(optimizer_values[_index_of(optimizer.iterations, optimizer.variables)], optimizer.rho)
     values = list(optimizer_values)
     for k in lazy:
         velocity = values[k.velocity_index]
-        values[k.velocity_index] = velocity / scale.astype(velocity.dtype) if to_state else velocity * scale
+        scale = velocity_scale(values[k.iterations_index], k.rho, k.decay_period, velocity.dtype)
+        values[k.velocity_index] = velocity / scale if to_state else velocity * scale
     return values
 
 
-def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float, epsilon: float, iterations=None):
+def rmsprop_rows(
+    kernel, velocity, ids, row_gradients, learning_rate, rho: float, epsilon: float, iterations=None, period: int = 1
+):
     """One RMSprop step for a lookup table, from the gradients of the looked-up rows.
 
     kernel, velocity: (V, D); ids: (B, T) int; row_gradients: (B, T, D), the gradient of
     the loss with respect to kernel[ids]. Returns the new (kernel, velocity). With
-    `iterations` (the steps done before this one), velocity is the lazily decayed
-    state, RMSprop's v / velocity_scale(iterations); without, v itself."""
+    `iterations` (the steps done before this one) and a `period` > 1, velocity is the
+    lazily decayed state, RMSprop's v / velocity_scale(iterations, rho, period); else v."""
     import jax
     import jax.numpy as jnp
 
@@ -164,10 +204,11 @@ def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float
     gradient = jax.ops.segment_sum(
         row_gradients.reshape(positions, -1).astype(kernel.dtype), position_row.reshape(-1), num_segments=positions
     )
-    if iterations is None:
-        scale = next_scale = jnp.ones((), kernel.dtype)
+    lazy = iterations is not None and period > 1
+    if lazy:
+        scale, next_scale = (velocity_scale(i, rho, period, kernel.dtype) for i in (iterations, iterations + 1))
     else:
-        scale, next_scale = (velocity_scale(i, rho, kernel.dtype) for i in (iterations, iterations + 1))
+        scale = next_scale = jnp.ones((), kernel.dtype)
     stored = velocity.at[rows].get(mode="fill", fill_value=0)
     row_velocity = rho * (stored * scale) + (1 - rho) * jnp.square(gradient)
     increment = learning_rate * gradient / jnp.sqrt(row_velocity + epsilon)
@@ -180,10 +221,10 @@ def rmsprop_rows(kernel, velocity, ids, row_gradients, learning_rate, rho: float
         looked_up = jnp.zeros(vocab_size, bool).at[rows].set(True, mode="drop")
         return jnp.where(looked_up[:, None], velocity, (rho * scale) * velocity)
 
-    if iterations is None:
+    if not lazy:
         return kernel, decay_untouched(velocity)
-    # The scale returns to 1 every LAZY_DECAY_PERIOD steps: then the untouched rows decay.
-    wrapped = (iterations + 1) % LAZY_DECAY_PERIOD == 0
+    # The scale returns to 1 every `period` steps: then the untouched rows decay.
+    wrapped = (iterations + 1) % period == 0
     return kernel, jax.lax.cond(wrapped, decay_untouched, lambda velocity: velocity, velocity)
 
 
@@ -215,7 +256,7 @@ def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
     unscaled_loss, y_pred, non_trainable, metrics_variables = aux
     with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_variables, strict=True))):
         learning_rate = jnp.asarray(optimizer.learning_rate)  # before the step, as Keras reads it
-    iterations = optimizer_variables[_index_of(optimizer.iterations, optimizer.variables)]
+    iterations = [optimizer_variables[k.iterations_index] for k in kernels]  # before the step counts itself
 
     skipped = sorted(k.kernel_index for k in kernels)
     gradients = [None if i in skipped else g for i, g in enumerate(gradients)]
@@ -224,16 +265,17 @@ def train_step(model: keras.Model, state, data, kernels: list[RowSparseKernel]):
         warnings.filterwarnings("ignore", message=re.escape(f"Gradients do not exist for variables {paths} "))
         trainable, optimizer_variables = optimizer.stateless_apply(optimizer_variables, gradients, trainable)
     trainable, optimizer_variables = list(trainable), list(optimizer_variables)
-    for k in kernels:
+    for k, steps_done in zip(kernels, iterations, strict=True):
         trainable[k.kernel_index], optimizer_variables[k.velocity_index] = rmsprop_rows(
             trainable[k.kernel_index],
             optimizer_variables[k.velocity_index],
             x[k.input_name],
             tap_gradients[k.layer.name],
             learning_rate,
-            optimizer.rho,
+            k.rho,
             optimizer.epsilon,
-            iterations if k.lazy else None,
+            steps_done,
+            k.decay_period,
         )
     logs, metrics_variables = model._update_metrics_variables(
         metrics_variables, unscaled_loss, x, y, y_pred, sample_weight
