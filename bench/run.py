@@ -151,6 +151,7 @@ def main() -> int:
     char = ["--level", "char", "--pairs", "1000" if quick else "10000"]
     results["train_char_textbook"] = measure("train", "--impl", "textbook", *char)
     results["train_char_seq2seq"] = measure("train", "--impl", "seq2seq", *char)
+    results["peak_after_train_char"] = measure("peak", "--float32-only", optional=True)
     # the allocator setting on both sides: it helps the textbook's steps too
     results["train_char_textbook_huge_pages"] = measure(
         "train", "--impl", "textbook", *char, huge_pages=True, optional=True
@@ -197,6 +198,7 @@ def main() -> int:
     word = ["--level", "word", "--pairs", str(word_pairs)]
     results["train_word_textbook"] = measure("train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1")
     results["train_word_seq2seq"] = measure("train", "--impl", "seq2seq", *word, "--epochs", "1")
+    results["peak_after_train_word"] = measure("peak", "--float32-only", optional=True)
     results["train_word_textbook_huge_pages"] = measure(
         "train", "--impl", "textbook", *word, "--batches", "30", "--epochs", "1", huge_pages=True, optional=True
     )
@@ -234,6 +236,7 @@ def main() -> int:
     decode = ["--pairs", "1000" if quick else "10000", "--train-epochs", train_epochs, "--trained", trained.name]
     results["decode_textbook"] = measure("decode", "--impl", "textbook", *decode)
     results["decode_greedy"] = measure("decode", "--impl", "seq2seq", *decode)
+    results["peak_after_decode_greedy"] = measure("peak", "--float32-only", optional=True)
     results["decode_beam5"] = measure("decode", "--impl", "seq2seq", *decode, "--beam", "5")
     if not args.no_tensorflow:
         few = ["--sentences", "20" if quick else "50"]
@@ -301,8 +304,12 @@ def table(r: dict, textbook_best: list) -> str:
             if f"{measured}_{suffix}" in r:
                 compare(f"the same, {label}", textbook, r[f"{measured}_{suffix}"], key)
 
-    def share(gflops: float) -> str:
-        return f"{gflops} ({gflops / peak:.0%})"
+    def share(gflops: float, after: str = "") -> str:
+        """`gflops` as a share of the run's peak, and of the peak measured right after it
+        (the machine's speed drifts within a run: this compares like with like)."""
+        adjacent = r.get(f"peak_after_{after}")
+        also = f"; {gflops / adjacent['gflops']:.0%} of {adjacent['gflops']} measured right after" if adjacent else ""
+        return f"{gflops} ({gflops / peak:.0%}{also})"
 
     tc, sc = r["train_char_textbook"], r["train_char_seq2seq"]
     tw, sw = r["train_word_textbook"], r["train_word_seq2seq"]
@@ -330,14 +337,14 @@ def table(r: dict, textbook_best: list) -> str:
     row(
         f"char training, useful GFLOP/s (share of the {peak} GFLOP/s matmul peak)",
         f"{share(tc['useful_gflops'])}; {tc['executed_gflops']} counting padding and one-hot products",
-        share(sc["useful_gflops"]),
+        share(sc["useful_gflops"], "train_char"),
     )
     if "train_char_seq2seq_2dev" in r:
         row("the same, 2 XLA CPU devices", "", share(r["train_char_seq2seq_2dev"]["useful_gflops"]))
-    row("word training, useful GFLOP/s", share(tw["useful_gflops"]), share(sw["useful_gflops"]))
+    row("word training, useful GFLOP/s", share(tw["useful_gflops"]), share(sw["useful_gflops"], "train_word"))
     if "train_word_seq2seq_2dev" in r:
         row("the same, 2 XLA CPU devices", "", share(r["train_word_seq2seq_2dev"]["useful_gflops"]))
-    row("greedy decoding, useful GFLOP/s", "", share(dg["useful_gflops"]))
+    row("greedy decoding, useful GFLOP/s", "", share(dg["useful_gflops"], "decode_greedy"))
     if "bfloat16_gflops" in r["peak"]:
         measured = "; ".join(
             f"{r[name]['gflops']}; {r[name]['bfloat16_gflops']} ({label})"

@@ -100,7 +100,7 @@ def measure_peak(args) -> None:
     report(
         measurement="matmul peak",
         gflops=round(matmul_gflops("float32"), 1),
-        bfloat16_gflops=round(matmul_gflops("bfloat16"), 1),
+        **({} if args.float32_only else {"bfloat16_gflops": round(matmul_gflops("bfloat16"), 1)}),
     )
 
 
@@ -456,6 +456,7 @@ def main() -> None:
     parser.add_argument(
         "--dense-output", action="store_true", help="train (seq2seq, JAX): Dense's backward, not projection.py's"
     )
+    parser.add_argument("--float32-only", action="store_true", help="peak: without the bfloat16 measurement")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--sentences", type=int, default=HELD_OUT)
     parser.add_argument("--train-epochs", type=int, default=5, help="training before decoding")

@@ -106,7 +106,8 @@ def test_lazily_decayed_steps_equal_keras_rmsprop(monkeypatch):
 
 @jax_only
 def test_lazy_decay_keeps_the_rho_it_was_traced_with(monkeypatch):
-    """Keras's traced step keeps the rho it was traced with; so do the conversions."""
+    """The lookup tables keep the rho they were planned with, in the traced step and in the
+    conversions alike (Keras's step here keeps its own, traced once for one batch shape)."""
     monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)
     monkeypatch.setattr(row_sparse, "LAZY_DECAY_PERIOD", 4)
     model, reference = _models()
@@ -117,6 +118,17 @@ def test_lazy_decay_keeps_the_rho_it_was_traced_with(monkeypatch):
         m.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+
+
+@jax_only
+def test_a_plan_outlived_by_its_variables_is_an_error(monkeypatch):
+    monkeypatch.setattr(row_sparse, "LAZY_DECAY_MIN_ROWS", 0)
+    model, _ = _models()
+    x, y = _pairs()
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    model.get_layer("source_projection").trainable = False  # and not compiled again
+    with pytest.raises(ValueError, match="compile it again"):
+        row_sparse.row_sparse_kernels(model, x, Seq2SeqModel.LOOKUP_INPUTS)
 
 
 @jax_only

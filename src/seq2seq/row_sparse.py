@@ -19,7 +19,8 @@ against Keras's own step.
 
 Used only where it is exact and pays: JAX, Keras's RMSprop with no momentum, centring,
 clipping, weight decay or moving average, one device, float32 lookups (not mixed
-precision), and fewer looked-up positions than rows (word level, not char level).
+precision), and fewer looked-up positions than rows (word level, not char level) unless
+the table is decayed lazily (below).
 
 Lazy decay. The pass v[u] <- rho v[u] reads and writes all of v, about 1 ms a step for
 each word table of the benchmark, which touches a few hundred rows. For tables of at
@@ -88,7 +89,8 @@ def plain_rmsprop(optimizer) -> bool:
 
 
 # optimizer -> (layer_inputs, kernels): decided once, so that the traced step and the
-# trainer's hooks agree even if a setting changes later (say, a callback sets rho)
+# trainer's hooks agree even if a setting changes later (a callback that sets rho: the
+# lookup tables keep the rho they were planned with)
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -105,19 +107,22 @@ def _converts_lazy_state(model: keras.Model) -> bool:
 def _eligible_kernels(model: keras.Model, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
     """Every kernel a step may update row by row, whatever the batch."""
     optimizer = model.optimizer
-    if keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
-        return []
-    if optimizer is None or not optimizer.built or not plain_rmsprop(optimizer):
+    if keras.backend.backend() != "jax" or optimizer is None or not optimizer.built:
         return []
     planned_inputs, kernels = _PLANS.get(optimizer, (None, None))
     if planned_inputs != layer_inputs:
         kernels = _plan(model, layer_inputs)
         _PLANS[optimizer] = (dict(layer_inputs), kernels)
+    for k in kernels:
+        if not (k.layer.trainable and model.trainable_variables[k.kernel_index] is k.layer.kernel):
+            raise ValueError("the model's trainable variables changed since it was compiled: compile it again")
     return kernels
 
 
 def _plan(model: keras.Model, layer_inputs: dict[str, str]) -> list[RowSparseKernel]:
     optimizer = model.optimizer
+    if keras.distribution.distribution() is not None or not plain_rmsprop(optimizer):
+        return []
     lazy_period = LAZY_DECAY_PERIOD if _converts_lazy_state(model) else 1
     if not 0 < optimizer.rho <= 1 or optimizer.rho ** (lazy_period - 1) < LAZY_DECAY_MIN_SCALE:
         lazy_period = 1
