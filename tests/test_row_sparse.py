@@ -41,6 +41,16 @@ def _models():
     return model, reference
 
 
+def _assert_trained_alike(model, reference, histories) -> None:
+    """Same losses and accuracies, weights and optimizer state as Keras's own step."""
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(histories[0][name], histories[1][name], rtol=1e-5)
+    for ours, keras_own in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)
+    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+
+
 @jax_only
 def test_row_sparse_steps_equal_keras_rmsprop(monkeypatch):
     calls = count_calls(monkeypatch, row_sparse, "rmsprop_rows")
@@ -57,12 +67,7 @@ def test_row_sparse_steps_equal_keras_rmsprop(monkeypatch):
     ]
 
     assert len(calls) == 2  # traced once, for the two kernels: the row-sparse step ran
-    for name in ("loss", "accuracy"):
-        np.testing.assert_allclose(histories[0][name], histories[1][name], rtol=1e-5)
-    for ours, keras_own in zip(model.get_weights(), reference.get_weights(), strict=True):
-        np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)
-    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+    _assert_trained_alike(model, reference, histories)
     # Rows never looked up did not move; the others did.
     after = model.get_layer("target_projection").get_weights()[0]
     unused = sorted(set(range(TARGET_VOCAB)) - set(x[DECODER_INPUT_IDS].ravel()))
@@ -96,12 +101,7 @@ def test_lazily_decayed_steps_equal_keras_rmsprop(monkeypatch):
     ]
 
     assert lazy_calls == [True, True]
-    for name in ("loss", "accuracy"):
-        np.testing.assert_allclose(histories[0][name], histories[1][name], rtol=1e-5)
-    for ours, keras_own in zip(model.get_weights(), reference.get_weights(), strict=True):
-        np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)
-    for ours, keras_own in zip(model.optimizer.variables, reference.optimizer.variables, strict=True):
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(keras_own), rtol=1e-5, atol=1e-7)
+    _assert_trained_alike(model, reference, histories)
 
 
 @jax_only
