@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+from keras import ops
 
 from . import backend
 from .batches import pad
@@ -42,6 +44,45 @@ LIMIT_MULTIPLE = 8  # limits are rounded up to this, so few decoders are compile
 
 class ModelDirError(FileNotFoundError):
     """A model directory is missing a file it needs."""
+
+
+@dataclass
+class Output:
+    """One input's result from `Seq2Seq.decode`."""
+
+    text: str
+    score: float  # normalised log-probability with beam search, else nan
+    n_best: list[tuple[str, float]]
+    source_tokens: list[str]
+    target_tokens: list[str]  # the best output's, <end> included when it was produced
+    attention: np.ndarray | None  # (target tokens, source tokens), with return_attention
+
+
+@dataclass
+class Decoded:
+    """What `Seq2Seq.decode` gives: outputs by group, and what decoding them cost."""
+
+    outputs: list[list[Output]]
+    calls: int  # compiled decoder calls
+    padding_share: float  # share of the source positions decoded that were padding
+
+
+@dataclass
+class DecodeStats:
+    """Decoder calls and source positions (all, real) of a decoding run."""
+
+    calls: int = 0
+    positions: int = 0
+    tokens: int = 0
+
+    def count(self, batch: np.ndarray, tokens: int) -> None:
+        self.calls += 1
+        self.positions += batch.size
+        self.tokens += tokens
+
+    @property
+    def padding_share(self) -> float:
+        return 1 - self.tokens / self.positions if self.positions else 0.0
 
 
 class Seq2Seq:
@@ -124,24 +165,119 @@ class Seq2Seq:
         batches hold similar lengths; empty inputs give an empty output. Outputs stop at
         <end> or at the batch's `output_limit`.
         """
-        options = options or DecodingOptions()
+        return self._generate(source_ids, options or DecodingOptions(), DecodeStats())
+
+    def _generate(
+        self,
+        source_ids: Sequence[Sequence[int]],
+        options: DecodingOptions,
+        stats: DecodeStats,
+        limits: Sequence[int] | None = None,
+    ) -> list[list[tuple[list[int], float]]]:
+        """`generate`, counting calls and padding in `stats`. With `limits` (one output
+        limit per input), inputs are decoded in batches of one limit each, and each runs
+        to its own limit instead of its batch's."""
         max_length = options.max_length or self.max_length
         results: list[list[tuple[list[int], float]]] = [[([], float("nan"))] for _ in source_ids]
         order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
-        for number, start in enumerate(range(0, len(order), options.batch_size)):
-            rows = order[start : start + options.batch_size]
-            batch = pad([source_ids[i] for i in rows])
-            longest = max(len(source_ids[i]) for i in rows)
-            decoder = self._decoder(options, self.output_limit(longest, max_length))
-            batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
-            if options.sample:
-                seed = np.array([options.seed, number * max_length * 8], dtype="int32")
-                outputs = decoder.predict_on_batch([batch, seed])
-            else:
-                outputs = decoder.predict_on_batch(batch)
-            for row, i in enumerate(rows):
-                results[i] = _hypotheses(outputs, row)
+        by_limit: dict[int | None, list[int]] = {}
+        for i in order:  # stays sorted by length within each limit
+            by_limit.setdefault(None if limits is None else limits[i], []).append(i)
+        number = 0
+        for limit, indices in sorted(by_limit.items(), key=lambda item: item[0] or 0):
+            for start in range(0, len(indices), options.batch_size):
+                rows = indices[start : start + options.batch_size]
+                batch = pad([source_ids[i] for i in rows])
+                longest = max(len(source_ids[i]) for i in rows)
+                decoder = self._decoder(options, limit or self.output_limit(longest, max_length))
+                batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
+                stats.count(batch, sum(len(source_ids[i]) for i in rows))
+                if options.sample:
+                    seed = np.array([options.seed, number * max_length * 8], dtype="int32")
+                    outputs = decoder.predict_on_batch([batch, seed])
+                else:
+                    outputs = decoder.predict_on_batch(batch)
+                for row, i in enumerate(rows):
+                    results[i] = _hypotheses(outputs, row)
+                number += 1
         return results
+
+    def alone_limits(self, source_ids: Sequence[Sequence[int]], options: DecodingOptions) -> list[int]:
+        """The output limit each input gets when `generate` decodes these inputs (and no
+        others): its batch's `output_limit` (0 for an empty input)."""
+        max_length = options.max_length or self.max_length
+        limits = [0] * len(source_ids)
+        order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
+        for start in range(0, len(order), options.batch_size):
+            rows = order[start : start + options.batch_size]
+            limit = self.output_limit(max(len(source_ids[i]) for i in rows), max_length)
+            for i in rows:
+                limits[i] = limit
+        return limits
+
+    def decode(
+        self, groups: Sequence[Sequence[str]], options: DecodingOptions | None = None, return_attention: bool = False
+    ) -> Decoded:
+        """Several groups of texts (e.g. the requests a server merged) decoded together in
+        as few batched calls as their output limits allow, each group getting exactly what
+        `n_best(group)` gives it alone: an input runs to the limit it would have alone.
+        Sampled groups are decoded one after another (a draw depends on the batch and row).
+
+        Each output comes with its source tokens, the best output's tokens and, with
+        `return_attention` (models with attention), the weights of that output, computed
+        by feeding it back through the decoder (output tokens x source tokens)."""
+        options = options or DecodingOptions()
+        if return_attention and self.config.attention == "none":
+            raise ValueError("this model has no attention (trained with --attention none)")
+        stats = DecodeStats()
+        encoded = [self.encode(texts) for texts in groups]
+        flat = [ids for group in encoded for ids in group]
+        if options.sample:
+            generated = [h for group in encoded for h in self._generate(group, options, stats)]
+        else:
+            limits = [limit for group in encoded for limit in self.alone_limits(group, options)]
+            generated = self._generate(flat, options, stats, limits)
+        texts = [text for group in groups for text in group]
+        attention = self._forced_attention(flat, [h[0][0] for h in generated]) if return_attention else None
+        outputs = []
+        for i, (text, hypotheses) in enumerate(zip(texts, generated, strict=True)):
+            best = hypotheses[0][0]
+            outputs.append(
+                Output(
+                    text=self.target.decode(best),
+                    score=hypotheses[0][1],
+                    n_best=[(self.target.decode(ids), score) for ids, score in hypotheses],
+                    source_tokens=self.source.tokenizer.tokenize(normalize(text)) if flat[i] else [],
+                    target_tokens=[self.target.vocabulary.tokens[t] for t in best],
+                    attention=None if attention is None else attention[i],
+                )
+            )
+        split, start = [], 0
+        for group in groups:
+            split.append(outputs[start : start + len(group)])
+            start += len(group)
+        return Decoded(split, stats.calls, stats.padding_share)
+
+    def _forced_attention(self, source_ids: Sequence[Sequence[int]], outputs: Sequence[list[int]]) -> list[np.ndarray]:
+        """The attention weights (output tokens x source tokens) of each given output,
+        from one teacher-forced pass of the decoder per batch of similar lengths."""
+        weights = [np.zeros((len(o), len(s)), dtype="float32") for s, o in zip(source_ids, outputs, strict=True)]
+        order = sorted((i for i, o in enumerate(outputs) if o and source_ids[i]), key=lambda i: len(source_ids[i]))
+        size = DecodingOptions().batch_size
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            length = -(-max(len(outputs[i]) for i in rows) // LIMIT_MULTIPLE) * LIMIT_MULTIPLE
+            key = ("forced", length)
+            if key not in self._decoders:
+                self._decoders[key] = _ForcedDecoder(self.parts, length, return_attention=True)
+            filler = [[]] * (_padded_rows(len(rows), size) - len(rows))
+            source = pad([*(source_ids[i] for i in rows), *filler])
+            target = pad([*(outputs[i] for i in rows), *filler], length=length)
+            _, attention = self._decoders[key].predict_on_batch([source, target])
+            attention = np.asarray(attention)
+            for row, i in enumerate(rows):
+                weights[i] = attention[row, : len(outputs[i]), : len(source_ids[i])]
+        return weights
 
     def attention(self, text: str, max_length: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
         """Greedy output for one text with its attention weights: (source tokens, output
@@ -192,3 +328,11 @@ def _until_end(ids: np.ndarray) -> list[int]:
         if i == END_ID:
             break
     return out
+
+
+class _ForcedDecoder(GreedyDecoder):
+    """[source ids (B, S), target ids (B, max_length)] -> (the target ids, attention): the
+    decoder fed the given outputs instead of its own choices, for their attention."""
+
+    def choose(self, logits, t, seed):
+        return ops.take(seed, t, axis=1)
