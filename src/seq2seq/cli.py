@@ -1,4 +1,4 @@
-"""The `seq2seq` command: train, translate, evaluate, data."""
+"""The `seq2seq` command: train, translate, evaluate, data, serve."""
 
 from __future__ import annotations
 
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("text", nargs="?", help="the sentence to draw (attention, onehot, teacher-forcing)")
     plot.add_argument("--side", choices=["source", "target"], default="source", help="vocabulary for onehot")
     plot.add_argument("--out", type=Path, help="file name without extension (default: DIR/plots/FIGURE)")
+
+    add_serve_parser(commands)
 
     data = commands.add_parser("data", help="write a built-in corpus (or a sample of a pair file) as TSV")
     data.add_argument("spec", help="builtin:NAME or a pair file")
@@ -360,6 +362,56 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# `seq2seq serve`'s options: ServerSettings's fields (its defaults are in the help; a test
+# checks they agree), kept here so that the CLI starts without importing FastAPI.
+SERVE_OPTIONS: dict[str, tuple[type, str]] = {
+    "host": (str, "address to listen on (default: 127.0.0.1, this machine only)"),
+    "port": (int, "port to listen on (default: 8000)"),
+    "api_key": (str, "require 'Authorization: Bearer KEY' on the API (default: none)"),
+    "max_texts": (int, "texts in one request (default: 64)"),
+    "max_chars": (int, "characters in one text (default: 1000)"),
+    "max_body_bytes": (int, "bytes in one request body (default: 1000000)"),
+    "max_beam": (int, "largest beam a request may ask for (default: 8)"),
+    "max_n_best": (int, "most hypotheses a request may ask for (default: 8)"),
+    "max_queue": (int, "texts waiting to be decoded; past it, 429 (default: 1024)"),
+    "batch_window_ms": (float, "wait this long for requests to merge into a batch; 0: no batching (default: 5.0)"),
+    "max_batch_sentences": (int, "texts in one batched decode call (default: 64)"),
+    "max_batch_tokens": (int, "source tokens in one batched decode call (default: 8192)"),
+    "timeout_s": (float, "a request's deadline in seconds, queueing and decoding; past it, 504 (default: 30.0)"),
+    "warmup_max_length": (int, "compile decoders at start for sources up to this many tokens (default: 48)"),
+    "source_lang": (str, "source language code for the LibreTranslate-compatible /translate (default: src)"),
+    "target_lang": (str, "target language code for the LibreTranslate-compatible /translate (default: tgt)"),
+}
+
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="serve a model: a REST API that batches requests, and a page at /")
+    serve.add_argument("--model-dir", required=True, type=Path)
+    for name, (kind, text) in SERVE_OPTIONS.items():
+        serve.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        default=None,
+        help="allow cross-origin requests from this origin (repeatable; default: none, CORS off)",
+    )
+    serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="ready at once")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .server import ServerSettings, serve
+
+    names = [*SERVE_OPTIONS, "cors_origins", "warmup"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    try:
+        settings = ServerSettings(**given)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    serve(args.model_dir, settings)
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "translate": run_translate,
@@ -367,6 +419,7 @@ COMMANDS = {
     "sweep": run_sweep,
     "report": run_report,
     "plot": run_plot,
+    "serve": run_serve,
     "data": run_data,
 }
 
