@@ -24,6 +24,8 @@ does). The peer's process never imports Keras or JAX, nor ours torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -584,6 +586,8 @@ def agreement(a: dict, b: dict) -> float:
 def default_rows(quick: bool, work: str | None = None, compile_peer: bool = False, jax_cache: bool = False) -> dict:
     """Every measurement but quality-time, for both sides (English -> Spanish): the results
     by name and their Markdown table under "table"."""
+    if importlib.util.find_spec("torch") is None:
+        sys.exit("the PyTorch peer needs torch: pip install -e '.[bench]'")
     sizes = QUICK if quick else FULL
     started = time.time()
     where = ["--work", str(work or WORK / "eng-spa")]
@@ -606,13 +610,26 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
             results[f"decode_beam{beam}_seq2seq"], results[f"decode_beam{beam}_torch"]
         )
     results["total_minutes"] = round((time.time() - started) / 60, 1)
-    results["table"] = table(results)
+    results["machine"] = machine()
+    results["table"] = table(results) + f"\n\n{results['machine']}; {results['total_minutes']} min in all"
     return results
+
+
+def machine() -> str:
+    """The CPU's name and the number of cores this process may use, for the caption."""
+    name = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def table(r: dict) -> str:
     """Markdown rows: measurement, seq2seq, PyTorch, ours / torch."""
-    rows = ["| default configuration | seq2seq | PyTorch | ours / torch |", "|---|---|---|---|"]
+    peer = "PyTorch, torch.compile'd step" if r["train_torch"].get("torch_compile") else "PyTorch"
+    rows = [f"| default configuration | seq2seq | {peer} | ours / torch |", "|---|---|---|---|"]
 
     def compare(label: str, ours: dict, theirs: dict, key: str, unit: str = "") -> None:
         rows.append(f"| {label} | {ours[key]:,}{unit} | {theirs[key]:,}{unit} | {ours[key] / theirs[key]:.2f}× |")
@@ -621,13 +638,15 @@ def table(r: dict) -> str:
     batches = f"{ts['batches']} batches of 64, {ts['padding_share']:.0%} padding"
     compare(f"training, pairs/s ({batches})", ts, tt, "pairs_per_s")
     compare("training, real target tokens/s", ts, tt, "real_target_tokens_per_s")
-    compare("training, first pass (compiling; s)", ts, tt, "first_pass_seconds")
+    compare("training, first pass, compiling included (s; lower is better)", ts, tt, "first_pass_seconds")
     rows.append(f"| training, mean loss of the timed pass | {ts['last_pass_loss']} | {tt['last_pass_loss']} | |")
     for beam, name in ((1, "greedy"), (5, "beam-5")):
         ours, theirs = r[f"decode_beam{beam}_seq2seq"], r[f"decode_beam{beam}_torch"]
         label = f"{name} decoding, sentences/s ({ours['sentences']} held-out, batch {ours['batch_size']})"
         compare(label, ours, theirs, "sentences_per_s")
-        compare(f"{name} decoding, first pass (s)", ours, theirs, "first_pass_seconds")
+        compare(
+            f"{name} decoding, first pass, compiling included (s; lower is better)", ours, theirs, "first_pass_seconds"
+        )
         share = r[f"decode_beam{beam}_agreement"]
         rows.append(f"| {name} outputs identical (same weights) | {share:.1%} | | |")
     compare("peak memory, training (MB)", ts, tt, "peak_rss_mb")
