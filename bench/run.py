@@ -121,9 +121,6 @@ LEVERS = {
     "2dev_1thread": "2 devices, single-threaded matrix products (`--xla_cpu_multi_thread_eigen=false`)",
     "bf16": "Keras's mixed bfloat16 policy (all layers in bfloat16)",
     "dense_updates": "dense gradients and RMSprop updates of the one-hot input kernels (before row_sparse.py)",
-    "eager_decay": "every row's RMSprop velocity decayed every step (before lazy decay, row_sparse.py)",
-    "xla_loss": "the loss and accuracy in XLA's ops instead of one C++ call (before losses.py's native path)",
-    "dense_output": "XLA's backward pass of the output layer (before projection.py)",
     "small_pages": "without glibc's huge-page tunable (which the `seq2seq` command sets: launch.py)",
 }
 
@@ -213,18 +210,6 @@ def main() -> int:
     )
     results["train_word_seq2seq_dense_updates"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--dense-kernel-updates", optional=True
-    )
-    results["train_word_seq2seq_eager_decay"] = measure(
-        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--eager-decay", optional=True
-    )
-    results["train_word_seq2seq_xla_loss"] = measure(
-        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--xla-loss", optional=True
-    )
-    results["train_word_seq2seq_dense_output"] = measure(
-        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--dense-output", optional=True
-    )
-    results["train_word_seq2seq_sequential"] = measure(
-        "train", "--impl", "seq2seq", *word, "--epochs", "1", xla_flags=SEQUENTIAL, optional=True
     )
     results["train_word_seq2seq_2dev"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--data-parallel", cpu_devices=2, optional=True

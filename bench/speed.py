@@ -223,19 +223,7 @@ def _train_seq2seq(train, args) -> dict:
     from seq2seq.model import Seq2SeqModel
 
     if args.dense_kernel_updates:  # the comparison for row_sparse.py: Keras's own train step
-        Seq2SeqModel.LOOKUP_INPUTS = {}  # no kernel is row-sparse (nor its velocity lazily decayed)
-    if args.eager_decay:  # the comparison for lazy decay: every row's velocity decayed every step
-        row_sparse.LAZY_DECAY_MIN_ROWS = sys.maxsize
-    from seq2seq import losses, projection
-
-    if args.dense_output:  # the comparison for projection.py: Dense's own call, differentiated by JAX
-        projection.OutputProjection.call = keras.layers.Dense.call
-    ordered_calls: list = []  # `after` calls traced in the output layer's backward pass (projection.py)
-    order_after = projection.after
-    projection.after = lambda *a: ordered_calls.append(1) or order_after(*a)
-    native_losses: list = []  # losses traced on the C++ path (losses.py)
-    runs_native = (lambda logits: False) if args.xla_loss else losses.runs_native
-    losses.runs_native = lambda logits: runs_native(logits) and (native_losses.append(1) or True)
+        Seq2SeqModel.LOOKUP_INPUTS = {}  # no kernel is row-sparse
     row_sparse_steps: list = []  # train steps traced on row_sparse.py's path
     sparse_step = row_sparse.train_step
 
@@ -281,9 +269,6 @@ def _train_seq2seq(train, args) -> dict:
         scan_unroll=args.scan_unroll,
         loop="keras" if args.keras_loop else ("C++ (native.py)" if native_loops else "XLA (recurrence.py)"),
         input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
-        lazy_decay_min_rows=row_sparse.LAZY_DECAY_MIN_ROWS,
-        loss="C++ (losses.py)" if native_losses else "XLA",
-        output_backward="ordered (projection.py)" if ordered_calls else "XLA's",
         recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),
@@ -446,15 +431,6 @@ def main() -> None:
     parser.add_argument("--optimizer", help="train (seq2seq): instead of the textbook's RMSprop")
     parser.add_argument(
         "--dense-kernel-updates", action="store_true", help="train (seq2seq, JAX): Keras's step, not row_sparse.py's"
-    )
-    parser.add_argument(
-        "--eager-decay", action="store_true", help="train (seq2seq, JAX): decay every velocity row every step"
-    )
-    parser.add_argument(
-        "--xla-loss", action="store_true", help="train (seq2seq, JAX): the loss in Keras's ops, not the C++ call"
-    )
-    parser.add_argument(
-        "--dense-output", action="store_true", help="train (seq2seq, JAX): Dense's backward, not projection.py's"
     )
     parser.add_argument("--float32-only", action="store_true", help="peak: without the bfloat16 measurement")
     parser.add_argument("--beam", type=int, default=1)

@@ -1,4 +1,5 @@
-"""The one place that deals with which Keras backend runs (JAX or TensorFlow)."""
+"""Which Keras backend runs (JAX or TensorFlow), and the one place that reaches into
+Keras's private API (its optimizer's and trainer's internals)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,14 @@ def release_freed_memory() -> None:
 
 # on import: training, decoding and the API import this module, so what they compile is cached
 enable_compilation_cache()
+
+
+def rmsprop_velocity(optimizer, variable):
+    """The RMSprop velocity Keras keeps for `variable` (private: `_velocities`)."""
+    return optimizer._velocities[optimizer._get_variable_index(variable)]
+
+
+def update_metrics_variables(model, metrics_variables, loss, x, y, y_pred, sample_weight):
+    """Keras's JAX trainer's metric update, for a train step written outside Keras
+    (private: `_update_metrics_variables`) -> (logs, metrics_variables)."""
+    return model._update_metrics_variables(metrics_variables, loss, x, y, y_pred, sample_weight)

@@ -210,3 +210,8 @@ class TiedEmbedding(layers.Embedding):
         if reverse:
             return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype)
         return super().compute_output_spec(inputs)
+
+
+@keras.saving.register_keras_serializable(package="seq2seq")
+class OutputProjection(layers.Dense):
+    """A plain Dense: the class name model files of version 0.1 stored for the output layer."""

@@ -1,20 +1,10 @@
-"""The training loss and metric: per real target token, <pad> positions left out.
-
-On JAX on CPU both come from one compiled C++ call when native.py has built it
-(csrc/cross_entropy.cc: the loss's shares, the accuracy's hits and the loss's gradient in
-one pass over the logits, where XLA made several); elsewhere from the Keras ops below,
-which compute the same values.
-"""
+"""The training loss and metric: per real target token, <pad> positions left out."""
 
 from __future__ import annotations
 
-import functools
-
 import keras
-import numpy as np
 from keras import ops
 
-from . import native
 from .vocab import PAD_ID
 
 
@@ -22,42 +12,6 @@ def target_logit(y_true, logits):
     """logits (B, T, V), ids (B, T) -> logits[b, t, y_true[b, t]] (B, T)."""
     is_target = ops.equal(ops.arange(ops.shape(logits)[-1], dtype="int32"), ops.expand_dims(y_true, -1))
     return ops.sum(ops.where(is_target, logits, ops.zeros_like(logits)), axis=-1)
-
-
-def runs_native(logits) -> bool:
-    """True where the C++ call computes the loss: JAX, float32 logits, native.usable()."""
-    return keras.backend.backend() == "jax" and logits.dtype == "float32" and native.usable()
-
-
-@functools.cache
-def native_cross_entropy():
-    """(logits (B, T, V) float32, ids (B, T) float32, label_smoothing) -> shares (B, T), hits
-    (B, T): the C++ call, differentiable in the logits (its gradient is computed in the
-    same pass, kept, and scaled by the shares' cotangent). Called without a gradient
-    (evaluation), it still writes the gradient: one pass over (B, T, V) more than needed."""
-    import jax
-
-    def call(logits, y_true, label_smoothing: float):
-        shapes = [y_true.shape, y_true.shape, logits.shape]
-        outputs = [jax.ShapeDtypeStruct(shape, logits.dtype) for shape in shapes]
-        run = jax.ffi.ffi_call(native.CROSS_ENTROPY, outputs, vmap_method="sequential")
-        return run(logits, y_true, label_smoothing=np.float32(label_smoothing), pad_id=PAD_ID)
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def cross_entropy(logits, y_true, label_smoothing):
-        shares, hits, _ = call(logits, y_true, label_smoothing)
-        return shares, hits
-
-    def forward(logits, y_true, label_smoothing):
-        shares, hits, dlogits = call(logits, y_true, label_smoothing)
-        return (shares, hits), dlogits
-
-    def backward(label_smoothing, dlogits, cotangents):
-        d_shares, _ = cotangents  # hits are a count, not differentiable
-        return dlogits * d_shares[..., None], None
-
-    cross_entropy.defvjp(forward, backward)
-    return cross_entropy
 
 
 @keras.saving.register_keras_serializable(package="seq2seq")
@@ -77,8 +31,6 @@ class MaskedCrossEntropy(keras.losses.Loss):
 
     def call(self, y_true, logits):
         logits = ops.cast(logits, "float32")
-        if runs_native(logits):
-            return native_cross_entropy()(logits, ops.cast(y_true, "float32"), self.label_smoothing)[0]
         y_true = ops.cast(y_true, "int32")
         # -log p(y) = logsumexp(logits) - logits[y]. logits[y] is read through a mask, not
         # a gather, whose gradient zeroes a (B, T, V) array and scatters into it.
@@ -98,8 +50,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
 class MaskedAccuracy(keras.metrics.Metric):
     """Share of non-<pad> target tokens whose most probable prediction is right.
 
-    `label_smoothing`: the loss's. It does not change the accuracy; with it, the accuracy
-    asks for the same C++ call as the loss, which XLA then runs once for both."""
+    `label_smoothing` is accepted (and ignored) so that files saved with it still load."""
 
     def __init__(self, name: str = "accuracy", label_smoothing: float = 0.0, **kwargs) -> None:
         super().__init__(name=name, **kwargs)
@@ -111,12 +62,9 @@ class MaskedAccuracy(keras.metrics.Metric):
         y_true = ops.cast(y_true, "int32")
         logits = ops.cast(logits, "float32")  # as the loss casts them (mixed precision)
         real = ops.not_equal(y_true, PAD_ID)
-        if runs_native(logits):  # 1.0 for right, 0.0 for wrong and for <pad>
-            hit = native_cross_entropy()(logits, ops.cast(y_true, "float32"), self.label_smoothing)[1]
-        else:
-            # right when the target's logit is the largest (a max is much cheaper than an
-            # argmax on CPU; a target tied for the largest counts as right)
-            hit = ops.logical_and(real, target_logit(y_true, logits) >= ops.max(logits, axis=-1))
+        # right when the target's logit is the largest (a max is much cheaper than an
+        # argmax on CPU; a target tied for the largest counts as right)
+        hit = ops.logical_and(real, target_logit(y_true, logits) >= ops.max(logits, axis=-1))
         self.correct.assign_add(ops.sum(ops.cast(hit, self.dtype)))
         self.total.assign_add(ops.sum(ops.cast(real, self.dtype)))
 

@@ -34,7 +34,6 @@ from . import row_sparse
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
 from .layers import ProjectedLSTM, TiedEmbedding, TokenProjection
-from .projection import OutputProjection
 from .vocab import PAD_ID
 
 SOURCE_IDS = "source_ids"
@@ -174,7 +173,7 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
             x = found.get("output_bridge", lambda n: layers.Dense(config.embedding_dim, name=n))(x)
         logits = found.get("target_embedding")(x, reverse=True)
     else:
-        logits = found.get(OUTPUT_PROJECTION, lambda n: OutputProjection(vocab_size, name=n))(x)
+        logits = found.get(OUTPUT_PROJECTION, lambda n: layers.Dense(vocab_size, name=n))(x)
     return logits, attention, new_state
 
 
@@ -182,8 +181,7 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
 class Seq2SeqModel(keras.Model):
     """The functional training model. On JAX with RMSprop, its train step updates the
     one-hot input kernels row by row (row_sparse.py): the same step, without the dense
-    (V, 4H) gradient of a lookup, and for large tables without decaying every row's
-    velocity every step."""
+    (V, 4H) gradient of a lookup."""
 
     LOOKUP_INPUTS = {"source_projection": SOURCE_IDS, "target_projection": DECODER_INPUT_IDS}
 
@@ -197,33 +195,6 @@ class Seq2SeqModel(keras.Model):
             if kernels:
                 return row_sparse.train_step(self, state, (x, y, sample_weight), kernels)
         return super().train_step(*args)
-
-    def _get_jax_state(
-        self, trainable_variables=False, non_trainable_variables=False, optimizer_variables=False, **kwargs
-    ):
-        """Keras's JAX trainer reads the step state from the variables here: lazily decayed
-        velocities go into it scaled (row_sparse.py)."""
-        state = super()._get_jax_state(trainable_variables, non_trainable_variables, optimizer_variables, **kwargs)
-        if not optimizer_variables:
-            return state
-        state, optimizer_at = list(state), int(trainable_variables) + int(non_trainable_variables)
-        state[optimizer_at] = row_sparse.convert_lazy_velocities(
-            self, state[optimizer_at], self.LOOKUP_INPUTS, to_state=True
-        )
-        return tuple(state)
-
-    def jax_state_sync(self):
-        """Keras's JAX trainer writes the step state back to the variables here: lazily
-        decayed velocities come out as RMSprop's own."""
-        state = getattr(self, "_jax_state", None)
-        if not state or self._jax_state_synced or not state.get("optimizer_variables"):
-            return super().jax_state_sync()
-        values = row_sparse.convert_lazy_velocities(self, state["optimizer_variables"], self.LOOKUP_INPUTS, False)
-        self._jax_state = {**state, "optimizer_variables": values}
-        try:
-            super().jax_state_sync()
-        finally:  # Keras may sync the same state again (after an interrupted step): keep it scaled
-            self._jax_state = state
 
 
 def build_model(config: Config, source_vocab_size: int, target_vocab_size: int) -> keras.Model:

@@ -135,7 +135,7 @@ def compile_model(model: keras.Model, config: Config) -> None:
     model.compile(
         optimizer=optimizer,
         loss=MaskedCrossEntropy(label_smoothing=config.label_smoothing),
-        metrics=[MaskedAccuracy(label_smoothing=config.label_smoothing)],
+        metrics=[MaskedAccuracy()],
     )
 
 
