@@ -136,6 +136,7 @@ def main() -> int:
     parser.add_argument(
         "--decode-train-epochs", type=int, default=10, help="epochs of training before the decoding measurements"
     )
+    parser.add_argument("--no-default", action="store_true", help="skip the default configuration against PyTorch")
     parser.add_argument("--quality-minutes", type=float, default=15, help="training time of each time-to-quality run")
     args = parser.parse_args()
     quick = args.quick
@@ -260,11 +261,21 @@ def main() -> int:
         optional=True,
     )
 
+    # the configuration users train, beside the PyTorch peer (bench/default.py; needs the bench extra)
+    default = None
+    if not args.no_default:
+        from default import default_rows
+
+        default = default_rows(quick)
+        results["default"] = {key: value for key, value in default.items() if key != "table"}
+
     results = SavedResults((key, value) for key, value in results.items() if value is not None)
     results["word_sample"] = {"pairs": word_pairs, "textbook_array_mb": round(word_bytes / 2**20)}
     results["settings"] = {"quick": quick, **{k: v for k, v in vars(args).items() if k != "quick"}}
     results["total_minutes"] = round((time.time() - started) / 60, 1)
     print(table(results, best_epoch))
+    if default is not None:
+        print("\n## Default configuration against the PyTorch peer\n\n" + default["table"])
     return 0
 
 
