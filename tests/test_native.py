@@ -1,6 +1,14 @@
-"""The C++ LSTM loop (native.py, csrc/lstm_loop.cc) computes what XLA's loop computes."""
+"""The C++ LSTM loop (native.py, csrc/lstm_loop.cc) computes what XLA's loop computes, on
+whatever CPU runs the suite, and in the x86-64 builds for lesser CPUs (AVX2, SSE2) too."""
 
 from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -14,7 +22,8 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the C+
 
 
 def _require_native():
-    """Skips where the C++ loop cannot run; a build that fails is a failure."""
+    """Skips where the C++ loop is not meant to run (turned off, no compiler, JAX not on the
+    CPU); any CPU builds it, and a build that fails is a failure."""
     reason = native.unavailable_reason()
     if reason is not None and "failed" not in reason:
         pytest.skip(f"the C++ loop is not available here: {reason}")
@@ -135,18 +144,15 @@ def test_units_not_multiple_of_32_and_distributions_use_xlas_loop(native_calls):
 
 def test_a_failed_build_falls_back_to_xla_with_a_warning(monkeypatch, tmp_path):
     """No usable compiler: the reason is given once, as a warning, and XLA's loop runs."""
-    if "avx512f" not in native.cpu_flags():
-        pytest.skip("this CPU has no AVX-512: nothing is built")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached build to fall back on
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    monkeypatch.delenv(native.SWITCH, raising=False)
     native.unavailable_reason.cache_clear()
     try:
-        with pytest.warns(
-            UserWarning,
-            match="LSTM loop and the loss run in XLA.*building lstm_loop.cc, .*after.cc with false failed",
-        ):
+        with pytest.warns(UserWarning, match="LSTM loops run in XLA.*building lstm_loop.cc with false failed"):
             assert not native.available()
         assert "failed" in native.unavailable_reason()
+        assert not native.enabled("train") and not native.enabled("infer")
     finally:
         native.unavailable_reason.cache_clear()
 
@@ -156,8 +162,110 @@ def test_the_switch_turns_the_native_loop_off(monkeypatch):
     native.unavailable_reason.cache_clear()
     try:
         assert native.unavailable_reason() == f"turned off ({native.SWITCH}=off)"
+        assert not native.enabled("train") and not native.enabled("infer")
     finally:
         native.unavailable_reason.cache_clear()
+
+
+@pytest.mark.parametrize("switch", [native.TRAIN_SWITCH, native.INFER_SWITCH])
+def test_each_kernel_has_its_own_switch(native_calls, monkeypatch, switch):
+    """SEQ2SEQ_NATIVE_LSTM_TRAIN=off gives training XLA's loops and leaves inference's C++
+    loop on; SEQ2SEQ_NATIVE_LSTM_INFER=off the other way round. Read when a loop is traced."""
+    _require_native()
+    import jax
+
+    monkeypatch.setenv(switch, "off")
+    arguments, mask, weights = _inputs(3, 2, 32)
+    recurrence._lstm(*arguments, mask, False, "float32", True)  # inference
+    _, pullback = jax.vjp(lambda *a: recurrence._lstm(*a, mask, False, "float32", True), *arguments)
+    pullback(tuple(weights))  # training
+    trained = switch != native.TRAIN_SWITCH
+    assert native_calls == {"forward": int(trained), "backward": int(trained), "infer": int(not trained)}
+    assert native.enabled("train") == trained and native.enabled("infer") == (not trained)
+
+
+def _expected_vector_floats() -> int:
+    """What the library built for this CPU vectorises with (native.py's target flags)."""
+    if os.environ.get(native.MARCH):
+        pytest.skip(f"{native.MARCH} chooses the build")
+    flags = native.cpu_flags()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return 16 if "avx512f" in flags else 8 if "avx" in flags else 4
+    return 4  # NEON's 128-bit vectors (and the 16-byte fallback elsewhere)
+
+
+def test_the_library_is_built_for_this_cpu():
+    """-march=native / -mcpu=native: the widest vectors this CPU has."""
+    _require_native()
+    assert native.vector_floats() == _expected_vector_floats()
+    arm = platform.machine().lower().startswith(("aarch64", "arm"))
+    assert native.target_flags() == (["-mcpu=native"] if arm else ["-march=native"])
+
+
+# Run in a fresh process (the FFI targets are registered once per process) for another build:
+# training's loops (values and gradients) and the inference loop against XLA's, with odd
+# batches (remainder blocks of every blocking), two panels, both directions and a NaN.
+_OTHER_BUILD = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from seq2seq import native, recurrence
+
+    assert native.unavailable_reason() is None, native.unavailable_reason()
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for batch, steps, units, reverse in [(13, 3, 64, False), (7, 2, 32, True)]:
+        x = rng.normal(size=(batch, steps, 4 * units)).astype("float32")
+        kernel = (rng.normal(size=(units, 4 * units)) / np.sqrt(units)).astype("float32")
+        bias = rng.normal(scale=0.1, size=4 * units).astype("float32")
+        h0, c0 = (rng.normal(scale=0.5, size=(batch, units)).astype("float32") for _ in range(2))
+        mask = np.ones((batch, steps), "float32")
+        mask[1, -1:] = 0.0
+        mask[2] = 0.0
+        arguments = (x, kernel, bias, h0, c0)
+        shapes = [(batch, steps, units), (batch, units), (batch, units)]
+        weights = tuple(rng.normal(size=s).astype("float32") for s in shapes)  # cotangents
+
+        def train(allowed):
+            values, pullback = jax.vjp(lambda *a: recurrence._lstm(*a, mask, reverse, "float32", allowed), *arguments)
+            return [*values, *pullback(weights)]
+
+        def infer(allowed):
+            return recurrence._lstm(*arguments, mask, reverse, "float32", allowed)
+
+        for run in (train, infer):
+            for got, want in zip(run(True), run(False)):
+                got, want = np.asarray(got), np.asarray(want)
+                worst = max(worst, float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want))))))
+    x[0, 1, 5] = np.nan
+    nan = [np.isnan(np.asarray(o)) for o in recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)]
+    xla = [np.isnan(np.asarray(o)) for o in recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", False)]
+    json.dump({"floats": native.vector_floats(), "worst": worst,
+               "nans": all(np.array_equal(a, b) for a, b in zip(nan, xla)) and bool(nan[0].any())}, sys.stdout)
+    """
+)
+_OTHER_TARGETS = {  # flags -> the vector width in floats they give
+    "x86_64": [("-march=x86-64-v3", 8), ("-march=x86-64", 4)],  # AVX2 + FMA, SSE2
+    "aarch64": [("-march=armv8-a", 4)],  # NEON without the CPU's extras
+}.get(platform.machine().lower(), [])
+
+
+@pytest.mark.parametrize(("march", "floats"), _OTHER_TARGETS)
+def test_builds_for_lesser_cpus_match_xlas_loop(march, floats):
+    """SEQ2SEQ_NATIVE_MARCH builds for another target: the AVX2 and SSE2 code paths (their
+    own vector widths and blocking) run, and agree with XLA, on a machine with more."""
+    _require_native()
+    environment = {**os.environ, native.MARCH: march, "JAX_PLATFORMS": "cpu"}
+    for switch in native.KERNEL_SWITCHES.values():
+        environment.pop(switch, None)
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_BUILD], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["floats"] == floats
+    assert result["worst"] < 1e-4
+    assert result["nans"]
 
 
 def _train_default_model(seed: int) -> tuple[float, list]:

@@ -22,11 +22,13 @@ gradients). x = inputs @ W: (B, T, 4H); mask: (B, T), 1.0 for real steps; a mask
 keeps the previous h and c and outputs h. With `reverse`, steps run from T-1 to 0 and
 outputs are written in the order they are made (Keras's `go_backwards`).
 
-Both loops (forward and backward) run as compiled C++ instead (native.py) when it is
-available and can: float32 throughout, H a multiple of 32, and `native` allowed by the
-caller (not under a data-parallel distribution, which the C++ call has no sharding rule
-for). Inference (the forward pass alone: encoding, decoding steps) has its own C++ loop,
-which keeps each step's gates in registers and stores nothing for a backward pass. XLA's
+Both loops (forward and backward) run as compiled C++ instead (native.py, on any CPU it
+builds for) when it is available and can: float32 throughout, H a multiple of 32, and
+`native` allowed by the caller (not under a data-parallel distribution, which the C++ call
+has no sharding rule for). Inference (the forward pass alone: encoding, decoding steps)
+has its own C++ loop, which keeps each step's gates in registers and stores nothing for a
+backward pass. Each has its switch, read when the loop is traced: SEQ2SEQ_NATIVE_LSTM_TRAIN
+=off (training's two loops), SEQ2SEQ_NATIVE_LSTM_INFER=off, SEQ2SEQ_NATIVE=off (both). XLA's
 loops below are the reference the C++ ones are tested against, and the fallback.
 """
 
@@ -55,14 +57,15 @@ def _gates(z):
     return jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1)
 
 
-def _runs_native(arrays, units: int, matmul_dtype: str, allowed: bool) -> bool:
-    """Whether the C++ loop takes arrays of these dtypes (it reads float32 only)."""
+def _runs_native(kernel: str, arrays, units: int, matmul_dtype: str, allowed: bool) -> bool:
+    """Whether the C++ loop `kernel` ("train" or "infer", see native.enabled) runs: it is
+    switched on, and takes arrays of these dtypes (it reads float32 only) and units."""
     return (
         allowed
         and matmul_dtype == "float32"
         and all(a.dtype == jnp.float32 for a in arrays)
         and units % native_loop.UNIT_MULTIPLE == 0
-        and native_loop.available()
+        and native_loop.enabled(kernel)
     )
 
 
@@ -106,7 +109,7 @@ def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, nat
     """-> (outputs (B, T, H), final h, final c), (hs, cs (B, T, H), gates (B, T, 4H)) for
     the backward pass."""
     units = h0.shape[-1]
-    if _runs_native((x, recurrent_kernel, bias, h0, c0), units, matmul_dtype, native):
+    if _runs_native("train", (x, recurrent_kernel, bias, h0, c0), units, matmul_dtype, native):
         return _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse)
     steps = x.shape[1]
     kernel = recurrent_kernel if matmul_dtype == "float32" else recurrent_kernel.astype(matmul_dtype)
@@ -139,10 +142,9 @@ def _lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="
     outputs (B, T, H) in processing order, final h (B, H), final c (B, H).
     `matmul_dtype`: the operands' format in the products with U (see `product`);
     `native`: the C++ loops may run (see the module's docstring). Undifferentiated (inference),
-    the C++ inference loop (the training loop's forward pass was slower there than XLA's:
-    0.107 against 0.090 s a greedy decoding pass; the inference loop 0.076-0.079 against
-    0.083-0.088)."""
-    if _runs_native((x, recurrent_kernel, bias, h0, c0), h0.shape[-1], matmul_dtype, native):
+    the C++ inference loop (the training loop's forward pass, which stores what a backward
+    pass needs, was slower there than XLA's loop; the inference loop is faster than both)."""
+    if _runs_native("infer", (x, recurrent_kernel, bias, h0, c0), h0.shape[-1], matmul_dtype, native):
         return _native_infer(x, recurrent_kernel, bias, h0, c0, mask, reverse)
     return _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, False)[0]
 
@@ -199,7 +201,7 @@ def _lstm_backward(reverse, matmul_dtype, native, saved, cotangents):
     d_outputs, d_h_final, d_c_final = cotangents
     units = h0.shape[-1]
     state = (recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse)
-    if _runs_native((gates, recurrent_kernel, c0, *cotangents), units, matmul_dtype, native):
+    if _runs_native("train", (gates, recurrent_kernel, c0, *cotangents), units, matmul_dtype, native):
         dz_all, dh0, dc0 = _native_backward(*state)
     else:
         dz_all, dh0, dc0 = _xla_backward(*state, matmul_dtype)

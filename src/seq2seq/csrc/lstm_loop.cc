@@ -6,16 +6,15 @@
 // - rows of a batch are independent in the recurrence, so the batch is split in two
 //   halves, one on the calling thread and one on XLA's intra-op pool, and each runs every
 //   step of its rows without waiting for the other;
-// - a step is z = x_t + b + h @ U, a register-blocked AVX-512 product against U packed
-//   in panels, then the gates' elementwise work in vectorised loops;
+// - a step is z = x_t + b + h @ U, a register-blocked product against U packed in panels,
+//   then the gates' elementwise work in vectorised loops;
 // - inference (a forward pass kept for nothing) has a loop of its own whose product
-//   leaves each row's gates for 16 units in registers and finishes the step there.
+//   leaves each row's gates for a vector of units in registers and finishes the step there.
 // Shapes and semantics are recurrence.py's; tests/test_native.py compares the two.
-#ifndef __AVX512F__
-#error "the native LSTM loop needs AVX-512F (seq2seq then uses XLA's loop)"
-#endif
-
-#include <immintrin.h>
+//
+// Portable C++: GCC/Clang vector extensions at the target's own register width (64 bytes
+// with AVX-512, 32 with AVX/AVX2, 16 with SSE2 or NEON), the blocking sized to the target's
+// register count, so one source serves x86-64 at any level and ARM64.
 
 #include <algorithm>
 #include <atomic>
@@ -35,7 +34,30 @@ using seq2seq::split_rows;
 
 namespace {
 
-constexpr int64_t kPanel = 32;  // columns of B per packed panel: two 16-float vectors
+#if defined(SEQ2SEQ_VECTOR_FLOATS)  // a width forced from the command line (to compare widths)
+constexpr int kWidth = SEQ2SEQ_VECTOR_FLOATS, kRegisters = 16;
+#elif defined(__AVX512F__)
+constexpr int kWidth = 16, kRegisters = 32;
+#elif defined(__AVX__)
+constexpr int kWidth = 8, kRegisters = 16;
+#elif defined(__aarch64__)
+constexpr int kWidth = 4, kRegisters = 32;
+#else  // SSE2 (x86-64's baseline), 32-bit NEON, anything else: 16-byte vectors
+constexpr int kWidth = 4, kRegisters = 16;
+#endif
+
+using vf = float __attribute__((vector_size(kWidth * sizeof(float))));
+using vi = int32_t __attribute__((vector_size(kWidth * sizeof(float))));  // comparisons' masks
+
+constexpr int64_t kPanel = 32;  // columns of B per packed panel (recurrence.py's `panels`)
+constexpr int64_t kUnitBlock = 16;  // units per block of the inference loop's U (`packed_units`)
+static_assert(kPanel % kWidth == 0 && kUnitBlock % kWidth == 0, "a vector must divide the panels");
+// the product's tile: kGemmVectors vectors of columns by kGemmRows rows, its accumulators,
+// one vector of B per column vector and a broadcast in registers
+constexpr int kGemmVectors = std::min<int>(kPanel / kWidth, kRegisters / 8);
+constexpr int kGemmRows = std::min(8, (kRegisters - kGemmVectors - 1) / kGemmVectors);
+// the inference step's block: 4 gates by kInferRows rows, plus a vector of U per gate
+constexpr int kInferRows = std::min(6, (kRegisters - 5) / 4);
 // rows a thread takes through a step at a time, so that its buffer of pre-activations
 // stays (32, 4H) whatever the batch
 constexpr int64_t kChunk = 32;
@@ -45,6 +67,19 @@ ffi::Error check_units(int64_t units) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "the native LSTM loop needs units divisible by 32");
   return ffi::Error::Success();
 }
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);  // unaligned: one vector load
+  return v;
+}
+
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+inline vf splat(float s) { return vf{} + s; }
+
+// where m, a, else b (m from a comparison: all ones or all zeros per lane)
+inline vf select(vi m, vf a, vf b) { return reinterpret_cast<vf>((m & reinterpret_cast<vi>(a)) | (~m & reinterpret_cast<vi>(b))); }
 
 // tanh as Eigen's (and XLA's CPU) rational approximation: multiplies, adds and one division,
 // so the compiler vectorises the loops that call it.
@@ -69,116 +104,128 @@ inline float fast_tanh(float x) {
 
 inline float sigmoid(float x) { return 0.5f + 0.5f * fast_tanh(0.5f * x); }
 
-// c[R, 32] += a[R, k] @ panel (k, 32); rows of a are lda apart, rows of c ldc apart.
+// fast_tanh and sigmoid on a vector (same rational, same clamp).
+inline vf tanh_v(vf x) {
+  const vf clamp = splat(7.90531110763549805f);
+  // a comparison with NaN is false, so NaN passes the clamp and stays NaN
+  x = select(x > clamp, clamp, x);
+  x = select(x < -clamp, -clamp, x);
+  const vf x2 = x * x;
+  vf p = splat(-2.76076847742355e-16f);
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  p = p * x;
+  vf q = splat(1.19825839466702e-06f);
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return p / q;
+}
+
+inline vf sigmoid_v(vf x) { return 0.5f * tanh_v(0.5f * x) + 0.5f; }
+
+// c[R, kGemmVectors * kWidth] += a[R, k] @ b, b being the tile's columns of a panel (rows
+// kPanel apart); rows of a are lda apart, rows of c ldc apart.
 template <int R>
-void gemm_block(const float* a, int64_t lda, const float* panel, int64_t k, float* c, int64_t ldc) {
-  __m512 lo[R], hi[R];
-  for (int r = 0; r < R; ++r) {
-    lo[r] = _mm512_loadu_ps(c + r * ldc);
-    hi[r] = _mm512_loadu_ps(c + r * ldc + 16);
-  }
+void gemm_block(const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
+  vf acc[R][kGemmVectors];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kGemmVectors; ++v) acc[r][v] = load(c + r * ldc + v * kWidth);
   for (int64_t kk = 0; kk < k; ++kk) {
-    const __m512 b_lo = _mm512_loadu_ps(panel + kk * kPanel);
-    const __m512 b_hi = _mm512_loadu_ps(panel + kk * kPanel + 16);
+    vf bv[kGemmVectors];
+    for (int v = 0; v < kGemmVectors; ++v) bv[v] = load(b + kk * kPanel + v * kWidth);
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + kk]);
-      lo[r] = _mm512_fmadd_ps(av, b_lo, lo[r]);
-      hi[r] = _mm512_fmadd_ps(av, b_hi, hi[r]);
+      const float ar = a[r * lda + kk];
+      for (int v = 0; v < kGemmVectors; ++v) acc[r][v] += ar * bv[v];
     }
   }
-  for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(c + r * ldc, lo[r]);
-    _mm512_storeu_ps(c + r * ldc + 16, hi[r]);
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kGemmVectors; ++v) store(c + r * ldc + v * kWidth, acc[r][v]);
+}
+
+// The last `rows` (< kGemmRows) rows of a tile.
+template <int R>
+void gemm_rest(int64_t rows, const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
+  if constexpr (R > 0) {
+    if (rows == R)
+      gemm_block<R>(a, lda, b, k, c, ldc);
+    else
+      gemm_rest<R - 1>(rows, a, lda, b, k, c, ldc);
   }
 }
 
 // c[m, n] += a[m, k] @ B, with B (k, n) as n / 32 panels, each (k, 32) contiguous (see
-// recurrence.py's `panels`). Panel by panel, so each is read from memory once and stays in
-// L1 while every block of 8 rows (and one block of the rest) goes through it.
+// recurrence.py's `panels`). Tile by tile of a panel, so each is read from memory once and
+// stays in L1 while every block of kGemmRows rows (and one block of the rest) goes through it.
 void gemm(const float* a, int64_t lda, const float* panels, int64_t m, int64_t k, int64_t n,
           float* c, int64_t ldc) {
+  constexpr int64_t tile = kGemmVectors * kWidth;
   for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
-    const float* panel = panels + j0 * k;
-    int64_t r = 0;
-    for (; r + 8 <= m; r += 8) gemm_block<8>(a + r * lda, lda, panel, k, c + r * ldc + j0, ldc);
-    switch (m - r) {
-#define REST(R) \
-  case R:       \
-    gemm_block<R>(a + r * lda, lda, panel, k, c + r * ldc + j0, ldc); break;
-      REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
-#undef REST
-      default: break;
+    for (int64_t s = 0; s < kPanel; s += tile) {
+      const float* b = panels + j0 * k + s;
+      int64_t r = 0;
+      for (; r + kGemmRows <= m; r += kGemmRows)
+        gemm_block<kGemmRows>(a + r * lda, lda, b, k, c + r * ldc + j0 + s, ldc);
+      gemm_rest<kGemmRows - 1>(m - r, a + r * lda, lda, b, k, c + r * ldc + j0 + s, ldc);
     }
   }
 }
 
-// fast_tanh and sigmoid on 16 floats in registers (same rational, same clamp).
-inline __m512 tanh16(__m512 x) {
-  const __m512 clamp = _mm512_set1_ps(7.90531110763549805f);
-  // NaN as the second operand, which max and min return when either is NaN: NaN stays NaN
-  x = _mm512_min_ps(clamp, _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), clamp), x));
-  const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-2.76076847742355e-16f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.00018790482477e-13f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
-  p = _mm512_mul_ps(p, x);
-  __m512 q = _mm512_set1_ps(1.19825839466702e-06f);
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(1.18534705686654e-04f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
-  return _mm512_div_ps(p, q);
-}
-
-inline __m512 sigmoid16(__m512 x) {
-  const __m512 half = _mm512_set1_ps(0.5f);
-  return _mm512_fmadd_ps(half, tanh16(_mm512_mul_ps(half, x)), half);
-}
-
-// One step of R rows for the 16 units j0..j0+15, gates kept in registers:
+// One step of R rows for the kWidth units j0.., gates kept in registers:
 // z = x_t + b + h @ U for the four gates, then c and h. u points at U's block for these
-// units, (H, 64): element (kk, gate q, unit j) at u[kk * 64 + q * 16 + j]. h: R rows of
-// the previous h (units apart); x: the first row's x_t (x_stride apart); c and h_next: the
+// units: element (kk, gate q) of unit j0 + j at u[kk * 64 + q * 16 + j]. h: R rows of the
+// previous h (units apart); x: the first row's x_t (x_stride apart); c and h_next: the
 // rows' c (updated in place) and next h; live: the rows' mask at this step.
 template <int R>
-void step_block(const float* h, int64_t units, int64_t j0, const float* u, const float* x, int64_t x_stride, const float* b, float* c, float* h_next, const float* live,
-                int64_t live_stride) {
-  __m512 z[R][4];
+void step_block(const float* h, int64_t units, int64_t j0, const float* u, const float* x, int64_t x_stride,
+                const float* b, float* c, float* h_next, const float* live, int64_t live_stride) {
+  vf z[R][4];
   for (int r = 0; r < R; ++r)
-    for (int q = 0; q < 4; ++q)
-      z[r][q] = _mm512_add_ps(_mm512_loadu_ps(x + r * x_stride + q * units + j0), _mm512_loadu_ps(b + q * units + j0));
+    for (int q = 0; q < 4; ++q) z[r][q] = load(x + r * x_stride + q * units + j0) + load(b + q * units + j0);
   for (int64_t kk = 0; kk < units; ++kk) {
-    const float* uk = u + kk * 64;
-    const __m512 u0 = _mm512_loadu_ps(uk), u1 = _mm512_loadu_ps(uk + 16);
-    const __m512 u2 = _mm512_loadu_ps(uk + 32), u3 = _mm512_loadu_ps(uk + 48);
+    const float* uk = u + kk * 4 * kUnitBlock;
+    const vf u0 = load(uk), u1 = load(uk + kUnitBlock), u2 = load(uk + 2 * kUnitBlock), u3 = load(uk + 3 * kUnitBlock);
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(h[r * units + kk]);
-      z[r][0] = _mm512_fmadd_ps(a, u0, z[r][0]);
-      z[r][1] = _mm512_fmadd_ps(a, u1, z[r][1]);
-      z[r][2] = _mm512_fmadd_ps(a, u2, z[r][2]);
-      z[r][3] = _mm512_fmadd_ps(a, u3, z[r][3]);
+      const float a = h[r * units + kk];
+      z[r][0] += a * u0;
+      z[r][1] += a * u1;
+      z[r][2] += a * u2;
+      z[r][3] += a * u3;
     }
   }
   // through memory: with the gates' code reading z directly, GCC kept z on the stack and
   // stored all of it at every kk
-  alignas(64) float zs[R][4][16];
+  alignas(64) float zs[R][4][kWidth];
   for (int r = 0; r < R; ++r)
-    for (int q = 0; q < 4; ++q) _mm512_store_ps(zs[r][q], z[r][q]);
+    for (int q = 0; q < 4; ++q) store(zs[r][q], z[r][q]);
   for (int r = 0; r < R; ++r) {
     float* cr = c + r * units + j0;
     float* hr = h_next + r * units + j0;
     if (live[r * live_stride] > 0.0f) {
-      const __m512 i = sigmoid16(_mm512_load_ps(zs[r][0])), f = sigmoid16(_mm512_load_ps(zs[r][1]));
-      const __m512 g = tanh16(_mm512_load_ps(zs[r][2])), o = sigmoid16(_mm512_load_ps(zs[r][3]));
-      const __m512 c_new = _mm512_fmadd_ps(f, _mm512_loadu_ps(cr), _mm512_mul_ps(i, g));
-      _mm512_storeu_ps(cr, c_new);
-      _mm512_storeu_ps(hr, _mm512_mul_ps(o, tanh16(c_new)));
+      const vf i = sigmoid_v(load(zs[r][0])), f = sigmoid_v(load(zs[r][1]));
+      const vf g = tanh_v(load(zs[r][2])), o = sigmoid_v(load(zs[r][3]));
+      const vf c_new = f * load(cr) + i * g;
+      store(cr, c_new);
+      store(hr, o * tanh_v(c_new));
     } else {  // a masked step keeps h (c stays as it is)
-      _mm512_storeu_ps(hr, _mm512_loadu_ps(h + r * units + j0));
+      store(hr, load(h + r * units + j0));
     }
+  }
+}
+
+// The last `rows` (< kInferRows) rows of a step.
+template <int R>
+void step_rest(int64_t rows, const float* h, int64_t units, int64_t j0, const float* u, const float* x,
+               int64_t x_stride, const float* b, float* c, float* h_next, const float* live, int64_t live_stride) {
+  if constexpr (R > 0) {
+    if (rows == R)
+      step_block<R>(h, units, j0, u, x, x_stride, b, c, h_next, live, live_stride);
+    else
+      step_rest<R - 1>(rows, h, units, j0, u, x, x_stride, b, c, h_next, live, live_stride);
   }
 }
 
@@ -294,8 +341,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
 
 // Inference: x (B,T,4H), U (H,4H) in unit panels (H/16, H, 64) (U as it is, read with 4 KB
 // strides, thrashed the caches: 1.3x slower), b (4H), h0 c0 (B,H), mask (B,T) ->
-// hs (B,T,H), h c (B,H); nothing kept for a backward pass. Unit block by unit block, each
-// block's U (64 KB) read from cache by every 6 rows; the gates never leave registers.
+// hs (B,T,H), h c (B,H); nothing kept for a backward pass. A vector of units at a time, its
+// share of U read from cache by every block of kInferRows rows; the gates never leave registers.
 static ffi::Error Infer(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 mask, bool reverse,
                         ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> h_out,
                         ffi::ResultBuffer<ffi::F32> c_out, ffi::ThreadPool pool) {
@@ -314,22 +361,15 @@ static ffi::Error Infer(F32 x, F32 kernel_panels, F32 bias, F32 h0, F32 c0, F32 
     std::vector<float> h_next(rows * units);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t k = reverse ? steps - 1 - t : t;
-      for (int64_t j0 = 0; j0 < units; j0 += 16) {
-        const float* u = packed + (j0 / 16) * units * 64;
+      for (int64_t j0 = 0; j0 < units; j0 += kWidth) {
+        const float* u = packed + (j0 / kUnitBlock) * units * 4 * kUnitBlock + j0 % kUnitBlock;
         int64_t r = 0;
-#define BLOCK(R)                                                                                               \
-  step_block<R>(&h[r * units], units, j0, u, xs + ((begin + r) * steps + k) * four, \
-                steps * four, bs, &c[r * units], &h_next[r * units], ms + (begin + r) * steps + k, steps)
-        for (; r + 6 <= rows; r += 6) BLOCK(6);
-        switch (rows - r) {
-          case 1: BLOCK(1); break;
-          case 2: BLOCK(2); break;
-          case 3: BLOCK(3); break;
-          case 4: BLOCK(4); break;
-          case 5: BLOCK(5); break;
-          default: break;
-        }
-#undef BLOCK
+        for (; r + kInferRows <= rows; r += kInferRows)
+          step_block<kInferRows>(&h[r * units], units, j0, u, xs + ((begin + r) * steps + k) * four, steps * four,
+                                 bs, &c[r * units], &h_next[r * units], ms + (begin + r) * steps + k, steps);
+        step_rest<kInferRows - 1>(rows - r, &h[r * units], units, j0, u, xs + ((begin + r) * steps + k) * four,
+                                  steps * four, bs, &c[r * units], &h_next[r * units], ms + (begin + r) * steps + k,
+                                  steps);
       }
       h.swap(h_next);
       for (int64_t r = 0; r < rows; ++r)
@@ -367,11 +407,11 @@ static ffi::Error PackUnits(F32 kernel, ffi::ResultBuffer<ffi::F32> panels) {
   if (ffi::Error error = check_size(*panels, units * 4 * units, "panels"); error.failure()) return error;
   const float* u = kernel.typed_data();
   float* out = panels->typed_data();
-  for (int64_t block = 0; block < units / 16; ++block)
+  for (int64_t block = 0; block < units / kUnitBlock; ++block)
     for (int64_t kk = 0; kk < units; ++kk)
       for (int64_t q = 0; q < 4; ++q)
-        std::memcpy(out + (block * units + kk) * 64 + q * 16, u + kk * 4 * units + q * units + block * 16,
-                    16 * sizeof(float));
+        std::memcpy(out + (block * units + kk) * 4 * kUnitBlock + q * kUnitBlock,
+                    u + kk * 4 * units + q * units + block * kUnitBlock, kUnitBlock * sizeof(float));
   return ffi::Error::Success();
 }
 
@@ -461,3 +501,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, Backward,
                                   .Ret<F32>()   // dh0
                                   .Ret<F32>()  // dc0
                                   .Ctx<ffi::ThreadPool>());
+
+// The vector width this build was compiled for, in floats (tests check which build runs).
+extern "C" int seq2seq_vector_floats() { return kWidth; }

@@ -1,8 +1,6 @@
 // split_rows: a call's rows in two halves, one on the calling thread and one on XLA's
-// intra-op pool (shared by lstm_loop.cc and cross_entropy.cc).
+// intra-op pool (lstm_loop.cc's loops).
 #pragma once
-
-#include <immintrin.h>
 
 #include <atomic>
 #include <cstdint>
@@ -12,6 +10,15 @@
 #include "xla/ffi/api/ffi.h"
 
 namespace seq2seq {
+
+// A hint to the core that this thread is spinning (frees the pipeline for its sibling).
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  asm volatile("yield");
+#endif
+}
 
 // Runs fn(row_begin, row_end) over `rows` in two halves: the calling thread takes one, and
 // a task on XLA's intra-op pool takes the other if it starts first. The caller never waits
@@ -51,7 +58,7 @@ bool split_rows(xla::ffi::ThreadPool& pool, int64_t rows, Fn fn) {
   // the other half is running on the pool: spin briefly, then let other threads have the core
   for (int spins = 0; halves->finished.load(std::memory_order_acquire) < 2; ++spins) {
     if (spins < 4096)
-      _mm_pause();
+      spin_pause();
     else
       std::this_thread::yield();
   }
