@@ -28,21 +28,17 @@ from .batches import pad
 from .config import Config
 from .data import normalize
 from .decoding import DecodingOptions, GreedyDecoder
+from .errors import UserError
+from .files import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE  # noqa: F401
 from .model import InferenceParts, inference_parts
 from .vocab import END_ID, PAD_ID, Codec
 
-CONFIG_FILE = "config.json"
-SOURCE_VOCAB_FILE = "source_vocab.json"
-TARGET_VOCAB_FILE = "target_vocab.json"
-MODEL_FILE = "model.keras"
-SPLIT_DIR = "split"
-HISTORY_FILE = "history.csv"
 # an output may run ratio x (source tokens) + LENGTH_MARGIN tokens (see `output_limit`)
 LENGTH_MARGIN = 10
 LIMIT_MULTIPLE = 8  # limits are rounded up to this, so few decoders are compiled
 
 
-class ModelDirError(FileNotFoundError):
+class ModelDirError(UserError, FileNotFoundError):
     """A model directory is missing a file it needs."""
 
 

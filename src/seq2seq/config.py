@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 LEVELS = ("char", "word", "subword")
 INPUTS = ("onehot", "embedding")
 ATTENTIONS = ("none", "luong", "luong-dot", "bahdanau")
@@ -44,7 +46,7 @@ TEXTBOOK = dict(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting has a value the toolkit cannot use."""
 
 

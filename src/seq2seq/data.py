@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -32,7 +33,7 @@ class Pair:
     target: str
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A line of a pair file cannot be used; the message names the file and the line."""
 
     def __init__(self, path: str | Path, line: int | None, reason: str) -> None:
