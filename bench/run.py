@@ -114,9 +114,7 @@ LEVERS = {
     "xla_loop": "XLA's LSTM loop (recurrence.py) and loss instead of the C++ ones (`SEQ2SEQ_NATIVE=off`)",
     "keras_loop": "Keras's own RNN loop, differentiated by JAX (before recurrence.py)",
     "unroll8": "Keras's loop with 8 timesteps per iteration",
-    "bf16mm": "bfloat16 operands in the h @ U products, float32 sums (`--recurrent-matmul bfloat16`)",
     "sequential": "XLA's sequential thunk scheduling (`--xla_cpu_enable_concurrency_optimized_scheduler=false`)",
-    "bf16mm_sequential": "both of the last two",
     "2dev": "batch split over 2 XLA CPU devices (`--data-parallel`)",
     "2dev_1thread": "2 devices, single-threaded matrix products (`--xla_cpu_multi_thread_eigen=false`)",
     "bf16": "Keras's mixed bfloat16 policy (all layers in bfloat16)",
@@ -179,14 +177,8 @@ def main() -> int:
     results["train_char_seq2seq_unroll8"] = measure(
         "train", "--impl", "seq2seq", *char, "--keras-loop", "--scan-unroll", "8", optional=True
     )
-    results["train_char_seq2seq_bf16mm"] = measure(
-        "train", "--impl", "seq2seq", *char, "--recurrent-matmul", "bfloat16", optional=True
-    )
     results["train_char_seq2seq_sequential"] = measure(
         "train", "--impl", "seq2seq", *char, xla_flags=SEQUENTIAL, optional=True
-    )
-    results["train_char_seq2seq_bf16mm_sequential"] = measure(
-        "train", "--impl", "seq2seq", *char, "--recurrent-matmul", "bfloat16", xla_flags=SEQUENTIAL, optional=True
     )
     results["train_char_seq2seq_bf16"] = measure(
         "train", "--impl", "seq2seq", *char, "--dtype-policy", "mixed_bfloat16", optional=True
@@ -205,9 +197,6 @@ def main() -> int:
     )
     results["train_word_seq2seq_xla_loop"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", native=False, optional=True
-    )
-    results["train_word_seq2seq_bf16mm"] = measure(
-        "train", "--impl", "seq2seq", *word, "--epochs", "1", "--recurrent-matmul", "bfloat16", optional=True
     )
     results["train_word_seq2seq_dense_updates"] = measure(
         "train", "--impl", "seq2seq", *word, "--epochs", "1", "--dense-kernel-updates", optional=True
@@ -247,18 +236,6 @@ def main() -> int:
     # the same with word tokens: shorter sequences, so more sentences a second
     results["quality_seq2seq_word"] = measure(
         "quality-time", "--impl", "seq2seq", *quality, "--level", "word", "--epochs", "100", "--target", str(target)
-    )
-    # bfloat16 recurrent products: their effect on quality, epoch by epoch, and on the time
-    results["quality_seq2seq_bf16mm"] = measure(
-        "quality-time",
-        "--impl",
-        "seq2seq",
-        *quality,
-        "--epochs",
-        str(len(ours_curve["curve"])),
-        "--recurrent-matmul",
-        "bfloat16",
-        optional=True,
     )
 
     # the configuration users train, beside the PyTorch peer (bench/default.py; needs the bench extra)
@@ -348,15 +325,6 @@ def table(r: dict, textbook_best: list) -> str:
             if name in r
         )
         row("matrix-multiply peak, GFLOP/s (float32; bfloat16)", "", measured)
-    if r.get("quality_seq2seq_bf16mm"):
-        for name in ("quality_seq2seq", "quality_seq2seq_bf16mm"):
-            curve = r[name]["curve"]
-            label = "float32" if name == "quality_seq2seq" else "bfloat16 h @ U products"
-            row(
-                f"dev chrF by epoch, seq2seq, {label}",
-                "",
-                ", ".join(f"{chrf}" for _, _, chrf in curve) + f" ({curve[-1][1] / 60:.1f} min)",
-            )
     for name, label in (("quality_seq2seq", "char"), ("quality_seq2seq_word", "word")):
         if not r.get(name):
             continue

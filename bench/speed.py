@@ -242,7 +242,6 @@ def _train_seq2seq(train, args) -> dict:
         train,
         args.level,
         data_parallel=args.data_parallel,
-        recurrent_matmul=args.recurrent_matmul,
         **({"optimizer": args.optimizer} if args.optimizer else {}),
     )
     measured = train if args.batches is None else train[: args.batches * BATCH]
@@ -269,7 +268,6 @@ def _train_seq2seq(train, args) -> dict:
         scan_unroll=args.scan_unroll,
         loop="keras" if args.keras_loop else ("C++ (native.py)" if native_loops else "XLA (recurrence.py)"),
         input_kernel_updates="row-sparse" if row_sparse_steps else "dense",
-        recurrent_matmul=args.recurrent_matmul,
         optimizer=system.config.optimizer,
         padding_share=round(1 - target_tokens / padded, 3),
         source_padding_share=round(1 - source_tokens / padded_sources, 3),
@@ -398,7 +396,6 @@ def measure_quality_time(args) -> None:
             bidirectional=True,
             optimizer="adam",  # our default; the textbook preset's RMSprop is for like-for-like speed
             learning_rate=3e-3,
-            recurrent_matmul=args.recurrent_matmul,
         )
         batches = PairBatches.from_pairs(system.source, system.target, train, batch_size=BATCH)
         for epoch in range(args.epochs):
@@ -425,9 +422,6 @@ def main() -> None:
     parser.add_argument("--dtype-policy", default="float32", help="train (seq2seq): Keras dtype policy")
     parser.add_argument("--scan-unroll", type=int, default=1, help="train (seq2seq, JAX): timesteps per loop iteration")
     parser.add_argument("--keras-loop", action="store_true", help="train (seq2seq, JAX): Keras's RNN loop instead")
-    parser.add_argument(
-        "--recurrent-matmul", default="float32", help="train, quality-time (seq2seq): format of the h @ U products"
-    )
     parser.add_argument("--optimizer", help="train (seq2seq): instead of the textbook's RMSprop")
     parser.add_argument(
         "--dense-kernel-updates", action="store_true", help="train (seq2seq, JAX): Keras's step, not row_sparse.py's"

@@ -73,7 +73,7 @@ def test_native_loop_matches_xla_loop_in_values_and_gradients(native_calls, batc
 
     def run(native_allowed: bool):
         def outputs(*args):
-            return recurrence._lstm(*args, mask, reverse, "float32", native_allowed)
+            return recurrence._lstm(*args, mask, reverse, native_allowed)
 
         values, pullback = jax.vjp(outputs, *arguments)  # the training path: the custom VJP's forward rule
         return values, pullback(tuple(weights))
@@ -113,8 +113,8 @@ def test_native_inference_matches_xla_loop(native_calls, batch, steps, units, re
     masked row, both directions) gives XLA's outputs and final states."""
     _require_native()
     arguments, mask, _ = _inputs(batch, steps, units, seed=batch)
-    native_values = recurrence._lstm(*arguments, mask, reverse, "float32", True)
-    xla_values = recurrence._lstm(*arguments, mask, reverse, "float32", False)
+    native_values = recurrence._lstm(*arguments, mask, reverse, True)
+    xla_values = recurrence._lstm(*arguments, mask, reverse, False)
     assert native_calls == {"forward": 0, "backward": 0, "infer": 1}
     for name, expected, actual in zip(["outputs", "h", "c"], xla_values, native_values, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=name)
@@ -176,8 +176,8 @@ def test_each_kernel_has_its_own_switch(native_calls, monkeypatch, switch):
 
     monkeypatch.setenv(switch, "off")
     arguments, mask, weights = _inputs(3, 2, 32)
-    recurrence._lstm(*arguments, mask, False, "float32", True)  # inference
-    _, pullback = jax.vjp(lambda *a: recurrence._lstm(*a, mask, False, "float32", True), *arguments)
+    recurrence._lstm(*arguments, mask, False, True)  # inference
+    _, pullback = jax.vjp(lambda *a: recurrence._lstm(*a, mask, False, True), *arguments)
     pullback(tuple(weights))  # training
     trained = switch != native.TRAIN_SWITCH
     assert native_calls == {"forward": int(trained), "backward": int(trained), "infer": int(not trained)}
@@ -227,19 +227,19 @@ _OTHER_BUILD = textwrap.dedent(
         weights = tuple(rng.normal(size=s).astype("float32") for s in shapes)  # cotangents
 
         def train(allowed):
-            values, pullback = jax.vjp(lambda *a: recurrence._lstm(*a, mask, reverse, "float32", allowed), *arguments)
+            values, pullback = jax.vjp(lambda *a: recurrence._lstm(*a, mask, reverse, allowed), *arguments)
             return [*values, *pullback(weights)]
 
         def infer(allowed):
-            return recurrence._lstm(*arguments, mask, reverse, "float32", allowed)
+            return recurrence._lstm(*arguments, mask, reverse, allowed)
 
         for run in (train, infer):
             for got, want in zip(run(True), run(False)):
                 got, want = np.asarray(got), np.asarray(want)
                 worst = max(worst, float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want))))))
     x[0, 1, 5] = np.nan
-    nan = [np.isnan(np.asarray(o)) for o in recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)]
-    xla = [np.isnan(np.asarray(o)) for o in recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", False)]
+    nan = [np.isnan(np.asarray(o)) for o in recurrence._lstm(x, kernel, bias, h0, c0, mask, False, True)]
+    xla = [np.isnan(np.asarray(o)) for o in recurrence._lstm(x, kernel, bias, h0, c0, mask, False, False)]
     json.dump({"floats": native.vector_floats(), "worst": worst,
                "nans": all(np.array_equal(a, b) for a, b in zip(nan, xla)) and bool(nan[0].any())}, sys.stdout)
     """
@@ -315,7 +315,7 @@ def test_a_forward_with_inputs_other_than_float32_takes_xlas_loop(native_calls):
     (x, kernel, bias, h0, c0), mask, _ = _inputs(4, 3, 32)
 
     def total(x, bias):
-        return recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)[0].sum()
+        return recurrence._lstm(x, kernel, bias, h0, c0, mask, False, True)[0].sum()
 
     grads = jax.grad(total, argnums=(0, 1))(x, jnp.asarray(bias, "bfloat16"))
     # the forward loop reads the bias; the backward one does not (its inputs are all float32
@@ -338,7 +338,7 @@ def test_inference_lays_u_out_once_per_loop_not_per_step():
 
     def decode(x, kernel, bias, h0, c0, mask):
         def step(_, state):
-            return recurrence._lstm(x, kernel, bias, *state, mask, False, "float32", True)[1:]
+            return recurrence._lstm(x, kernel, bias, *state, mask, False, True)[1:]
 
         return jax.lax.fori_loop(0, 5, step, (h0, c0))
 
@@ -356,8 +356,8 @@ def test_native_inference_keeps_nans():
     (x, kernel, bias, h0, c0), mask, _ = _inputs(3, 4, 32)
     x[0, 1, 5] = np.nan
     c0[1, :] = np.nan
-    native_values = recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", True)
-    xla_values = recurrence._lstm(x, kernel, bias, h0, c0, mask, False, "float32", False)
+    native_values = recurrence._lstm(x, kernel, bias, h0, c0, mask, False, True)
+    xla_values = recurrence._lstm(x, kernel, bias, h0, c0, mask, False, False)
     for expected, actual in zip(xla_values, native_values, strict=True):
         np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
     assert np.isnan(native_values[0]).any()

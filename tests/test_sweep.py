@@ -50,9 +50,11 @@ def test_sweep_runs_every_point_once_and_resumes(tmp_path, capsys):
     assert again == results
     assert capsys.readouterr().err.count("done already") == 4
 
-    # a sweep.json from before a setting existed resumes: the runs used its default
+    # a sweep.json from before a setting existed resumes (the runs used its default), and
+    # one naming a since-removed setting at its only remaining value too
     settings = json.loads((tmp_path / "sweep.json").read_text())
-    del settings["base"]["recurrent_matmul"]
+    del settings["base"]["data_parallel"]
+    settings["base"]["recurrent_matmul"] = "float32"
     (tmp_path / "sweep.json").write_text(json.dumps(settings))
     assert run_sweep(Config.textbook(**BASE), axes, tmp_path, verbose=0) == results
 

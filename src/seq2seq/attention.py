@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from .layers import ProjectedLSTMCell
+from .layers import ProjectedLSTMCell, drop_removed_matmul_dtype
 
 NEGATIVE = -1e9  # score of padded positions: zero weight after the softmax
 
@@ -60,18 +60,15 @@ class AttentionDecoder(layers.Layer):
         num_layers: int,
         kind: str,
         dropout: float = 0.0,
-        matmul_dtype: str = "float32",
         **kwargs,
     ) -> None:
+        drop_removed_matmul_dtype(kwargs)
         super().__init__(**kwargs)
         self.units = units
         self.num_layers = num_layers
         self.kind = kind
         self.dropout = dropout
-        self.matmul_dtype = matmul_dtype
-        self.cells = [
-            ProjectedLSTMCell(units, matmul_dtype=matmul_dtype, name=f"cell_{i + 1}") for i in range(num_layers)
-        ]
+        self.cells = [ProjectedLSTMCell(units, name=f"cell_{i + 1}") for i in range(num_layers)]
         # input of layers 2..N: the layer below's h, projected
         self.layer_inputs = [
             layers.Dense(4 * units, use_bias=False, name=f"input_{i + 2}") for i in range(num_layers - 1)
@@ -184,5 +181,4 @@ class AttentionDecoder(layers.Layer):
             "num_layers": self.num_layers,
             "kind": self.kind,
             "dropout": self.dropout,
-            "matmul_dtype": self.matmul_dtype,
         }

@@ -41,8 +41,6 @@ TRAIN_HELP = {
     "attention": "decoder attends to the encoder outputs: Luong (general or dot, input feeding) or Bahdanau",
     "dropout": "dropout rate on embeddings, between layers and before the output layer",
     "tie_embeddings": "share the target embedding with the output layer (needs --input embedding)",
-    "recurrent_matmul": "number format of the LSTMs' products h @ U: bfloat16 runs them faster on CPUs with "
-    "AVX512-BF16 (sums, states and weights stay float32; JAX backend only)",
     "epochs": "passes over the training data",
     "batch_size": "pairs per training step",
     "optimizer": "adam, or rmsprop (the textbook's)",

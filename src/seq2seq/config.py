@@ -18,7 +18,6 @@ ATTENTIONS = ("none", "luong", "luong-dot", "bahdanau")
 SUBWORD_MODELS = ("unigram", "bpe")
 STOP_METRICS = ("bleu", "chrf", "loss")
 LR_DECAYS = ("none", "linear")
-MATMUL_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -89,7 +88,6 @@ class Config:
     attention: str = "luong"
     dropout: float = 0.3
     tie_embeddings: bool = True
-    recurrent_matmul: str = "float32"
     # training
     epochs: int = 30
     batch_size: int = 64
@@ -123,7 +121,6 @@ class Config:
         _choice("subword_model", self.subword_model, SUBWORD_MODELS)
         _choice("stop_metric", self.stop_metric, STOP_METRICS)
         _choice("lr_decay", self.lr_decay, LR_DECAYS)
-        _choice("recurrent_matmul", self.recurrent_matmul, MATMUL_DTYPES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _positive("layers", self.layers)
         _positive("vocab_size", self.vocab_size)
@@ -181,6 +178,10 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
+        if "recurrent_matmul" in values:  # removed: float32 was its default and is now the only format
+            if values["recurrent_matmul"] != "float32":
+                raise ConfigError(f"recurrent_matmul {values['recurrent_matmul']!r}: removed (float32 only)")
+            values = {name: value for name, value in values.items() if name != "recurrent_matmul"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")

@@ -114,14 +114,13 @@ class ProjectedLSTMCell(layers.Layer):
 
     inputs: x_t @ W, (B, 4H); states: [h, c], each (B, H) -> h_t (B, H), [h_t, c_t].
     Holds U and b, initialised as Keras's LSTMCell initialises them (orthogonal U, forget
-    gate bias 1). With `matmul_dtype="bfloat16"`, h @ U multiplies bfloat16 operands and
-    sums in float32 (on JAX; other backends keep float32).
+    gate bias 1).
     """
 
-    def __init__(self, units: int, matmul_dtype: str = "float32", **kwargs) -> None:
+    def __init__(self, units: int, **kwargs) -> None:
+        drop_removed_matmul_dtype(kwargs)
         super().__init__(**kwargs)
         self.units = units
-        self.matmul_dtype = matmul_dtype
         self.state_size = [units, units]
         self.output_size = units
 
@@ -138,21 +137,21 @@ class ProjectedLSTMCell(layers.Layer):
 
     def call(self, inputs, states, training=False):
         h, c = states
-        z = inputs + self._recurrent_product(h) + self.bias
+        z = inputs + ops.matmul(h, self.recurrent_kernel) + self.bias
         i, f, g, o = ops.split(z, 4, axis=-1)
         c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
         h = ops.sigmoid(o) * ops.tanh(c)
         return h, [h, c]
 
-    def _recurrent_product(self, h):
-        if self.matmul_dtype != "float32" and keras.backend.backend() == "jax":
-            from .recurrence import product
-
-            return product(h, self.recurrent_kernel.value, self.matmul_dtype)
-        return ops.matmul(h, self.recurrent_kernel)
-
     def get_config(self) -> dict:
-        return {**super().get_config(), "units": self.units, "matmul_dtype": self.matmul_dtype}
+        return {**super().get_config(), "units": self.units}
+
+
+def drop_removed_matmul_dtype(kwargs: dict) -> None:
+    """Model files written before the bfloat16 option was removed name `matmul_dtype`."""
+    matmul_dtype = kwargs.pop("matmul_dtype", "float32")
+    if matmul_dtype != "float32":
+        raise ValueError(f"matmul_dtype {matmul_dtype!r} is no longer supported: retrain with float32")
 
 
 @keras.saving.register_keras_serializable(package="seq2seq")
@@ -162,9 +161,10 @@ class ProjectedLSTM(layers.RNN):
     compiled C++ where available); other backends run Keras's loop. Weights and saved files
     are those of the plain RNN."""
 
-    def __init__(self, cell, matmul_dtype: str = "float32", **kwargs) -> None:
+    def __init__(self, cell, **kwargs) -> None:
+        drop_removed_matmul_dtype(kwargs)
         if isinstance(cell, int):
-            cell = ProjectedLSTMCell(cell, matmul_dtype=matmul_dtype)
+            cell = ProjectedLSTMCell(cell)
         super().__init__(cell, **kwargs)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
@@ -187,7 +187,6 @@ class ProjectedLSTM(layers.RNN):
             c0,
             real,
             self.go_backwards,
-            self.cell.matmul_dtype,
             keras.distribution.distribution() is None,  # the C++ loop has no sharding rule
         )
         return h, outputs, [h, c]

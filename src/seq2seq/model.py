@@ -98,7 +98,6 @@ def encode(config: Config, found: LayerSource, source_ids, vocab_size: int):
                 lstm_name("encoder", layer, backward),
                 lambda n, b=backward: ProjectedLSTM(
                     units,
-                    matmul_dtype=config.recurrent_matmul,
                     return_sequences=True,
                     return_state=True,
                     go_backwards=b,
@@ -147,9 +146,7 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
                 )(x)
             rnn = found.get(
                 lstm_name("decoder", layer),
-                lambda n: ProjectedLSTM(
-                    units, matmul_dtype=config.recurrent_matmul, return_sequences=True, return_state=True, name=n
-                ),
+                lambda n: ProjectedLSTM(units, return_sequences=True, return_state=True, name=n),
             )
             x, h, c = rnn(x, initial_state=state[2 * layer : 2 * layer + 2])
             new_state += [h, c]
@@ -162,7 +159,6 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
                 config.layers,
                 config.attention,
                 dropout=config.dropout,
-                matmul_dtype=config.recurrent_matmul,
                 name=n,
             ),
         )

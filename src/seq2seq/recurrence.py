@@ -43,26 +43,17 @@ from jax import lax
 from . import native as native_loop
 
 
-def product(a, b, dtype: str = "float32"):
-    """a @ b, with the operands rounded to `dtype` (e.g. bfloat16, which CPUs with AVX512-BF16
-    multiply at twice the float32 rate) and the sums kept in float32."""
-    if dtype == "float32":
-        return a @ b
-    return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=a.dtype)
-
-
 def _gates(z):
     """Pre-activations (B, 4H) in Keras's order i, f, g, o -> activated gates (B, 4H)."""
     i, f, g, o = jnp.split(z, 4, axis=-1)
     return jnp.concatenate([jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1)
 
 
-def _runs_native(kernel: str, arrays, units: int, matmul_dtype: str, allowed: bool) -> bool:
+def _runs_native(kernel: str, arrays, units: int, allowed: bool) -> bool:
     """Whether the C++ loop `kernel` ("train" or "infer", see native.enabled) runs: it is
     switched on, and takes arrays of these dtypes (it reads float32 only) and units."""
     return (
         allowed
-        and matmul_dtype == "float32"
         and all(a.dtype == jnp.float32 for a in arrays)
         and units % native_loop.UNIT_MULTIPLE == 0
         and native_loop.enabled(kernel)
@@ -105,19 +96,18 @@ def _native_infer(x, recurrent_kernel, bias, h0, c0, mask, reverse):
     return tuple(call(x, packed_units(recurrent_kernel), bias, h0, c0, mask.astype(x.dtype), reverse=reverse))
 
 
-def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native):
+def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, native):
     """-> (outputs (B, T, H), final h, final c), (hs, cs (B, T, H), gates (B, T, 4H)) for
     the backward pass."""
     units = h0.shape[-1]
-    if _runs_native("train", (x, recurrent_kernel, bias, h0, c0), units, matmul_dtype, native):
+    if _runs_native("train", (x, recurrent_kernel, bias, h0, c0), units, native):
         return _native_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse)
     steps = x.shape[1]
-    kernel = recurrent_kernel if matmul_dtype == "float32" else recurrent_kernel.astype(matmul_dtype)
 
     def step(t, loop):
         h, c, hs, cs, gates = loop
         k = steps - 1 - t if reverse else t  # the input step read at loop step t
-        z = lax.dynamic_index_in_dim(x, k, axis=1, keepdims=False) + product(h, kernel, matmul_dtype) + bias
+        z = lax.dynamic_index_in_dim(x, k, axis=1, keepdims=False) + h @ recurrent_kernel + bias
         a = _gates(z)
         i, f, g, o = a[:, :units], a[:, units : 2 * units], a[:, 2 * units : 3 * units], a[:, 3 * units :]
         c_new = f * c + i * g
@@ -136,21 +126,20 @@ def _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, nat
     return (hs, h, c), (hs, cs, gates)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, matmul_dtype="float32", native=True):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _lstm(x, recurrent_kernel, bias, h0, c0, mask, reverse=False, native=True):
     """x (B, T, 4H), U (H, 4H), b (4H,), h0 and c0 (B, H), mask (B, T) ->
     outputs (B, T, H) in processing order, final h (B, H), final c (B, H).
-    `matmul_dtype`: the operands' format in the products with U (see `product`);
     `native`: the C++ loops may run (see the module's docstring). Undifferentiated (inference),
     the C++ inference loop (the training loop's forward pass, which stores what a backward
     pass needs, was slower there than XLA's loop; the inference loop is faster than both)."""
-    if _runs_native("infer", (x, recurrent_kernel, bias, h0, c0), h0.shape[-1], matmul_dtype, native):
+    if _runs_native("infer", (x, recurrent_kernel, bias, h0, c0), h0.shape[-1], native):
         return _native_infer(x, recurrent_kernel, bias, h0, c0, mask, reverse)
-    return _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, False)[0]
+    return _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, False)[0]
 
 
-def _lstm_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native):
-    outputs, (hs, cs, gates) = _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, matmul_dtype, native)
+def _lstm_forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, native):
+    outputs, (hs, cs, gates) = _forward(x, recurrent_kernel, bias, h0, c0, mask, reverse, native)
     return outputs, (recurrent_kernel, h0, c0, mask, hs, cs, gates)
 
 
@@ -163,11 +152,11 @@ def _native_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final
     return call(d_outputs, d_h_final, d_c_final, panels(recurrent_kernel.T), gates, cs, c0, mask, reverse=reverse)
 
 
-def _xla_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse, matmul_dtype):
+def _xla_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse):
     """-> dz (B, T, 4H) in input order, dh0, dc0 (B, H)."""
     steps = cs.shape[1]
     units = c0.shape[-1]
-    kernel_t = recurrent_kernel.T if matmul_dtype == "float32" else recurrent_kernel.T.astype(matmul_dtype)
+    kernel_t = recurrent_kernel.T
 
     def step(n, loop):
         t = steps - 1 - n  # loop steps in reverse
@@ -186,7 +175,7 @@ def _xla_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d
         )
         m = lax.dynamic_index_in_dim(mask, k, axis=1, keepdims=True) > 0
         dz = jnp.where(m, dz, 0)
-        dh_prev = jnp.where(m, product(dz, kernel_t, matmul_dtype), dh)
+        dh_prev = jnp.where(m, dz @ kernel_t, dh)
         dc_prev = jnp.where(m, dc * f, dc_next)
         dz_all = lax.dynamic_update_index_in_dim(dz_all, dz, k, axis=1)
         return dh_prev, dc_prev, dz_all
@@ -196,22 +185,22 @@ def _xla_backward(recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d
     return dz_all, dh0, dc0
 
 
-def _lstm_backward(reverse, matmul_dtype, native, saved, cotangents):
+def _lstm_backward(reverse, native, saved, cotangents):
     recurrent_kernel, h0, c0, mask, hs, cs, gates = saved
     d_outputs, d_h_final, d_c_final = cotangents
     units = h0.shape[-1]
     state = (recurrent_kernel, c0, mask, cs, gates, d_outputs, d_h_final, d_c_final, reverse)
-    if _runs_native("train", (gates, recurrent_kernel, c0, *cotangents), units, matmul_dtype, native):
+    if _runs_native("train", (gates, recurrent_kernel, c0, *cotangents), units, native):
         dz_all, dh0, dc0 = _native_backward(*state)
     else:
-        dz_all, dh0, dc0 = _xla_backward(*state, matmul_dtype)
+        dz_all, dh0, dc0 = _xla_backward(*state)
     # dz_all is in input order; the h each step read, in processing order, lines up with it
     h_read = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
     if reverse:
         h_read = jnp.flip(h_read, axis=1)
     # as one 2-D product, (B*T, H)^T @ (B*T, 4H): XLA ran the same sum written as an einsum
     # over (b, t) at 250 GFLOP/s and this at 430 (B=64, T=20, H=256)
-    d_kernel = product(h_read.reshape(-1, units).T, dz_all.reshape(-1, 4 * units), matmul_dtype)
+    d_kernel = h_read.reshape(-1, units).T @ dz_all.reshape(-1, 4 * units)
     d_bias = dz_all.sum(axis=(0, 1))
     return dz_all, d_kernel, d_bias, dh0, dc0, jnp.zeros_like(mask)
 
@@ -220,4 +209,4 @@ _lstm.defvjp(_lstm_forward, _lstm_backward)
 
 # jit caches the compiled loop per shape: called eagerly (one decoding step at a time, outside
 # a compiled function), the loop would otherwise be traced and compiled again at every call.
-lstm = jax.jit(_lstm, static_argnums=(6, 7, 8))
+lstm = jax.jit(_lstm, static_argnums=(6, 7))
