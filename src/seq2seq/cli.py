@@ -158,10 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(commands)
 
-    data = commands.add_parser("data", help="write a built-in corpus (or a sample of a pair file) as TSV")
-    data.add_argument("spec", help="builtin:NAME or a pair file")
+    data = commands.add_parser(
+        "data",
+        help="write a built-in corpus (or a sample of a pair file) as TSV, or download a Tatoeba corpus",
+        description="seq2seq data SPEC writes pairs as TSV; seq2seq data download NAME fetches a Tatoeba "
+        "pair file into the cache (once) and prints its path, for --data PATH or --data tatoeba:NAME.",
+    )
+    data.add_argument(
+        "spec", metavar="SPEC", help="builtin:NAME, tatoeba:NAME or a pair file; or 'download' (then NAME)"
+    )
+    data.add_argument(
+        "name", metavar="NAME", nargs="?", help="with download: spa-eng, or LLL-eng for a manythings.org/anki file"
+    )
     data.add_argument("--num-samples", type=int)
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--url", help="with download: fetch from this URL instead (a mirror, or file:///PATH.zip)")
+    data.add_argument("--sha256", help="with download: the archive's expected sha256 checksum")
+    data.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="with download: cache directory (default: $SEQ2SEQ_DATA_DIR or ~/.cache/seq2seq/data)",
+    )
     return parser
 
 
@@ -292,8 +309,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
+    """Pairs as TSV on stdout; with `download NAME`, the downloaded pair file's path (notes on stderr)."""
     from .data import load_pairs
 
+    download_options = {"NAME": args.name, "--url": args.url, "--sha256": args.sha256, "--cache-dir": args.cache_dir}
+    if args.spec == "download":
+        from .download import download
+
+        if args.name is None:
+            raise ConfigError(
+                "data download needs a NAME, e.g. seq2seq data download spa-eng (for a file named "
+                "'download', write ./download)"
+            )
+        if args.num_samples is not None:
+            raise ConfigError("--num-samples does not go with data download; sample with seq2seq data tatoeba:NAME")
+        print(download(args.name, url=args.url, sha256=args.sha256, cache_dir=args.cache_dir))
+        return 0
+    if misplaced := [option for option, value in download_options.items() if value is not None]:
+        raise ConfigError(f"{', '.join(misplaced)}: only with data download NAME")
     for pair in load_pairs(args.spec, num_samples=args.num_samples, seed=args.seed):
         print(f"{pair.source}\t{pair.target}")
     return 0

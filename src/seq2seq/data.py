@@ -3,6 +3,8 @@
 A pair file has one pair per line: `source<TAB>target`, optionally followed by more
 columns (the Tatoeba/Anki export adds an attribution column), which are ignored.
 Built-in corpora are named `builtin:NAME` and are generated, so nothing is downloaded.
+`tatoeba:NAME` (spa-eng, fra-eng, ...) is a Tatoeba/Anki pair file, downloaded once into a cache
+(see download.py).
 """
 
 from __future__ import annotations
@@ -124,13 +126,17 @@ def load_pairs(
     strict: bool = False,
     seed: int = 0,
 ) -> list[Pair]:
-    """Pairs from a file or a `builtin:NAME` corpus, sampled and oriented as asked.
+    """Pairs from a file, a `builtin:NAME` corpus or a `tatoeba:NAME` download, sampled and oriented as asked.
 
     `num_samples` takes that many pairs: a reproducible random sample (by `seed`) or,
     with `first`, the first ones. `reverse` swaps source and target.
     """
+    from .download import TATOEBA_PREFIX, download
+
     if spec.startswith(BUILTIN_PREFIX):
         pairs = builtin_corpus(spec.removeprefix(BUILTIN_PREFIX), seed=seed)
+    elif spec.startswith(TATOEBA_PREFIX):  # read from the cache, downloaded first if missing
+        pairs = read_pairs(download(spec.removeprefix(TATOEBA_PREFIX)), strict=strict)
     else:
         pairs = read_pairs(spec, strict=strict)
     if num_samples is not None and num_samples < len(pairs):
