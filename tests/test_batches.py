@@ -4,8 +4,20 @@ import numpy as np
 import pytest
 
 from seq2seq.batches import PairBatches, pad, padded_length, padded_training_length, teacher_forcing
-from seq2seq.model import DECODER_INPUT_IDS, SOURCE_IDS
+from seq2seq.files import DECODER_INPUT_IDS, SOURCE_IDS
 from seq2seq.vocab import END_ID, PAD_ID, START_ID
+
+
+def test_batches_name_the_model_inputs_without_importing_the_model():
+    """The input names live in files.py: making batches needs no model (nor its layers)."""
+    import subprocess
+    import sys
+
+    import seq2seq.model
+
+    assert (seq2seq.model.SOURCE_IDS, seq2seq.model.DECODER_INPUT_IDS) == (SOURCE_IDS, DECODER_INPUT_IDS)
+    check = "import sys, seq2seq.batches; print('seq2seq.model' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_teacher_forcing_shift():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from seq2seq import Config, Seq2Seq
-from seq2seq.api import HISTORY_FILE
 from seq2seq.data import Split
 from seq2seq.decoding import DecodingOptions, stepwise_greedy
+from seq2seq.files import HISTORY_FILE
 from seq2seq.training import ModelDirExistsError, train
 from seq2seq.vocab import END_ID
 

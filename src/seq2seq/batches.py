@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from .data import Pair
-from .model import DECODER_INPUT_IDS, SOURCE_IDS
+from .files import DECODER_INPUT_IDS, SOURCE_IDS
 from .vocab import END_ID, PAD_ID, START_ID, Codec
 
 

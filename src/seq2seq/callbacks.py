@@ -18,6 +18,7 @@ import keras
 from .backend import release_freed_memory
 from .data import Pair
 from .evaluation import score
+from .files import CHECKPOINT_STATE_FILE, MODEL_FILE
 
 if TYPE_CHECKING:
     from .api import Seq2Seq
@@ -160,18 +161,18 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.directory / "model.partial.keras"
+        partial = self.directory / _partial(MODEL_FILE)
         self.model.save(partial)
-        os.replace(partial, self.directory / "model.keras")
+        os.replace(partial, self.directory / MODEL_FILE)
         state = {
             "epochs_done": epoch + 1,
             "seconds": (logs or {}).get("seconds", 0.0),
             "callbacks": {name: self._state_of(callback) for name, callback in self.callbacks.items()},
             "random_states": [keras.ops.convert_to_numpy(v).tolist() for v in _random_states(self.model)],
         }
-        partial_state = self.directory / "state.partial.json"
+        partial_state = self.directory / _partial(CHECKPOINT_STATE_FILE)
         partial_state.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial_state, self.directory / "state.json")
+        os.replace(partial_state, self.directory / CHECKPOINT_STATE_FILE)
 
     def _state_of(self, callback: keras.callbacks.Callback) -> dict:
         attributes = next(names for kind, names in self.STATE.items() if isinstance(callback, kind))
@@ -184,7 +185,14 @@ def _random_states(model: keras.Model) -> list:
 
 
 def load_checkpoint_state(directory: Path) -> dict:
-    return json.loads((Path(directory) / "state.json").read_text(encoding="utf-8"))
+    return json.loads((Path(directory) / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
+
+
+def _partial(name: str) -> str:
+    """The name a file is written under before it replaces `name`: model.keras ->
+    model.partial.keras (Keras saves only to names that end in .keras)."""
+    path = Path(name)
+    return f"{path.stem}.partial{path.suffix}"
 
 
 def _to_json_number(value):

@@ -1,4 +1,8 @@
-"""The model directory's file names, and writing files so a kill never leaves half of one."""
+"""The model directory's file names, the model's input names, and writing files so a kill
+never leaves half of one.
+
+The names live here, apart from the modules that use them, so that a module that only
+names a file or an input (batches, callbacks, sweeps) need not import the model."""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ MODEL_FILE = "model.keras"
 SPLIT_DIR = "split"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE_FILE = "state.json"  # in CHECKPOINT_DIR, beside its MODEL_FILE
+
+# The training model's inputs, by name: batches are dictionaries with these keys.
+SOURCE_IDS = "source_ids"
+DECODER_INPUT_IDS = "decoder_input_ids"
 
 
 @contextlib.contextmanager

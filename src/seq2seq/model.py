@@ -33,11 +33,10 @@ from keras import layers, ops
 from . import row_sparse
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
+from .files import DECODER_INPUT_IDS, SOURCE_IDS
 from .layers import ProjectedLSTM, TiedEmbedding, TokenProjection
 from .vocab import PAD_ID
 
-SOURCE_IDS = "source_ids"
-DECODER_INPUT_IDS = "decoder_input_ids"
 OUTPUT_PROJECTION = "output_projection"
 ATTENTION_DECODER = "decoder"
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, setting_types
 from .data import Split
+from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, HISTORY_FILE, SPLIT_DIR
 from .plots import read_history
 
 # Settings that may take several values (comma-separated on the command line).
@@ -104,7 +105,7 @@ def run_sweep(
     """Train every grid point not finished yet, then write results and plots. With
     `time_budget` (minutes for the whole sweep), points are cut short so that it ends
     in time, and points that no longer fit are left for a later run."""
-    from .training import CHECKPOINT_DIR, resume, train
+    from .training import resume, train
 
     sweep_dir = Path(sweep_dir)
     prepare(base, axes, sweep_dir)
@@ -127,7 +128,7 @@ def run_sweep(
         config = point_config(base, settings, sweep_dir)
         if time_budget is not None:
             config = replace(config, time_budget=min(config.time_budget or time_budget, time_budget - spent))
-        if (point_dir / CHECKPOINT_DIR / "state.json").exists():
+        if (point_dir / CHECKPOINT_DIR / CHECKPOINT_STATE_FILE).exists():
             resume(point_dir, verbose=verbose)
         else:
             train(config, point_dir, overwrite=True, verbose=verbose)
@@ -142,7 +143,7 @@ def run_sweep(
 
 def summarize(point_dir: Path) -> dict:
     """A finished point's numbers: best dev scores, training time, size."""
-    from .api import HISTORY_FILE, Seq2Seq
+    from .api import Seq2Seq
 
     history = read_history(point_dir / HISTORY_FILE)
     system = Seq2Seq.load(point_dir)
@@ -158,7 +159,7 @@ def summarize(point_dir: Path) -> dict:
         "epochs": len(history),
         "training_seconds": round(history[-1].get("seconds", float("nan")), 1) if history else None,
         "parameters": system.model.count_params(),
-        "training_pairs": sum(1 for _ in (point_dir / "split" / "train.tsv").open(encoding="utf-8")),
+        "training_pairs": sum(1 for _ in (point_dir / SPLIT_DIR / "train.tsv").open(encoding="utf-8")),
     }
 
 
@@ -195,7 +196,7 @@ def write_plots(sweep_dir: Path, results: list[dict], knobs: list[str]) -> dict[
     if not results:
         return {}
     metric = plots.primary_metric(results)
-    histories = {r["point"]: read_history(sweep_dir / "points" / r["point"] / "history.csv") for r in results}
+    histories = {r["point"]: read_history(sweep_dir / "points" / r["point"] / HISTORY_FILE) for r in results}
     figures = {
         "metric_by_knob": plots.metric_by_knob(results, knobs, metric),
         "learning_curves": plots.sweep_curves(histories, metric, against="epoch"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 from . import backend
-from .api import CONFIG_FILE, HISTORY_FILE, LENGTH_MARGIN, MODEL_FILE, SPLIT_DIR, Seq2Seq
+from .api import LENGTH_MARGIN, Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
     DevScores,
@@ -26,11 +26,10 @@ from .callbacks import (
 )
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
+from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR
 from .losses import MaskedAccuracy, MaskedCrossEntropy
 from .model import build_model
 from .vocab import Codec, SubwordTokenizer, Tokenizer, make_tokenizer
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 class ModelDirExistsError(FileExistsError):
@@ -187,8 +186,8 @@ def resume(
     `epochs` raises the total number of epochs."""
     model_dir = Path(model_dir)
     checkpoint = model_dir / CHECKPOINT_DIR
-    if not (checkpoint / "state.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no checkpoint to resume from ({checkpoint}/state.json)")
+    if not (checkpoint / CHECKPOINT_STATE_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir}: no checkpoint to resume from ({checkpoint / CHECKPOINT_STATE_FILE})")
     system = Seq2Seq.load(model_dir)
     config = system.config if epochs is None else replace(system.config, epochs=epochs)
     system.config = config
