@@ -12,6 +12,7 @@ from seq2seq.vocab import (
     Codec,
     Vocabulary,
     WordTokenizer,
+    make_tokenizer,
 )
 
 SENTENCES = [
@@ -42,6 +43,28 @@ def test_word_tokens_split_punctuation_and_keep_inner_marks():
     assert WordTokenizer().tokenize("¿Qué hora es?") == ["¿", "Qué", "hora", "es", "?"]
     assert WordTokenizer().tokenize("I don't, twenty-one.") == ["I", "don't", ",", "twenty-one", "."]
     assert WordTokenizer(lowercase=True).tokenize("Tom IS here") == ["tom", "is", "here"]
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_lowercase_is_honoured_at_every_level_and_saved(level, tmp_path):
+    """--lowercase at char level was ignored: `make_tokenizer` gave a plain CharTokenizer."""
+    codec = Codec.fit(make_tokenizer(level, lowercase=True), ["Hola Tom", "ADIÓS"])
+    assert all(token == token.lower() for token in codec.vocabulary.tokens[len(SPECIALS) :])
+    assert codec.encode("HOLA tom") == codec.encode("hola tom") and UNK_ID not in codec.encode("HOLA tom")
+    codec.save(tmp_path / "v.json")
+    loaded = Codec.load(tmp_path / "v.json")
+    assert loaded.tokenizer.to_dict() == {"kind": level, "lowercase": True}
+    assert loaded.encode("Adiós") == codec.encode("adiós")
+    assert make_tokenizer(level).tokenize("Tom") != make_tokenizer(level, lowercase=True).tokenize("Tom")
+
+
+def test_char_vocabularies_saved_without_lowercase_load_as_cased(tmp_path):
+    """Vocabularies saved before char tokenizers took `lowercase` load as they were made."""
+    (tmp_path / "v.json").write_text(
+        '{"tokenizer": {"kind": "char"}, "tokens": ["<pad>", "<start>", "<end>", "<unk>"]}'
+    )
+    tokenizer = Codec.load(tmp_path / "v.json").tokenizer
+    assert isinstance(tokenizer, CharTokenizer) and tokenizer.tokenize("Ab") == ["A", "b"]
 
 
 def test_vocabulary_specials_frequency_and_limits():

@@ -33,16 +33,20 @@ class Tokenizer(Protocol):
 
 
 class CharTokenizer:
-    """Every character is a token, spaces included: `detokenize` is exactly `"".join`."""
+    """Every character is a token, spaces included: `detokenize` is exactly `"".join`
+    (of the lower-cased text, with `lowercase`)."""
+
+    def __init__(self, lowercase: bool = False) -> None:
+        self.lowercase = lowercase
 
     def tokenize(self, text: str) -> list[str]:
-        return list(text)
+        return list(text.lower() if self.lowercase else text)
 
     def detokenize(self, tokens: Sequence[str]) -> str:
         return "".join(tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "char"}
+        return {"kind": "char", "lowercase": self.lowercase}
 
 
 class WordTokenizer:
@@ -136,7 +140,7 @@ class SubwordTokenizer:
 def make_tokenizer(kind: str, lowercase: bool = False) -> Tokenizer:
     """A char or word tokenizer (subword tokenizers are trained: `SubwordTokenizer.train`)."""
     if kind == "char":
-        return CharTokenizer()
+        return CharTokenizer(lowercase=lowercase)
     if kind == "word":
         return WordTokenizer(lowercase=lowercase)
     raise ValueError(f"unknown tokenizer level {kind!r}; expected char or word")
