@@ -128,3 +128,17 @@ def test_translate_prompts_on_a_terminal(reverse_model_dir):
     assert process.returncode == 0, err
     assert "Type a sentence" in err
     assert out.strip() == "cba"  # the reverse model reverses its input
+
+
+def test_every_setting_is_an_option_with_the_help_beside_its_field():
+    import dataclasses
+
+    from seq2seq.cli import HELP_VALUES, build_parser
+    from seq2seq.config import Config
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    options = {a.dest: a for a in commands.choices["train"]._actions}
+    for spec in dataclasses.fields(Config):
+        if spec.name != "versions":
+            assert options[spec.name].help.startswith(spec.metadata["help"].format(**HELP_VALUES)), spec.name
+    assert "builtin:reverse" in options["data"].help and "{" not in options["max_length_ratio"].help

@@ -14,52 +14,10 @@ from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
 from .sweep import parse_axes
 
-# Help for every training setting; the options are made from Config's fields, so a new
-# setting needs a line here and nothing else.
-TRAIN_HELP = {
-    "data": "pair file (source<TAB>target per line) or builtin:NAME "
-    f"({', '.join(BUILTIN_PREFIX + n for n in BUILTIN_CORPORA)})",
-    "num_samples": "use this many pairs (random sample by --seed; see --first)",
-    "first": "with --num-samples, take the first pairs instead of a random sample",
-    "reverse": "swap source and target (e.g. Spanish->English from an English<TAB>Spanish file)",
-    "strict": "stop at the first malformed line instead of skipping it",
-    "dev_fraction": "share of source sentences held out for validation",
-    "test_fraction": "share of source sentences held out for testing",
-    "dev_data": "pair file to validate on instead of a share of --data (pairs with its sources leave training)",
-    "test_data": "pair file to test on instead of a share of --data (pairs with its sources leave training)",
-    "level": "tokens: characters, words (and punctuation), or subword pieces (sentencepiece)",
-    "lowercase": "lower-case text before tokenization",
-    "max_vocab": "largest vocabulary per side, special tokens included",
-    "min_freq": "drop tokens seen fewer times in training (they become <unk>)",
-    "vocab_size": "sentencepiece vocabulary size per side, with --level subword",
-    "subword_model": "sentencepiece model type, with --level subword",
-    "input": "tokens as one-hot vectors (the textbook) or a learned embedding",
-    "embedding_dim": "embedding size, with --input embedding",
-    "latent_dim": "size of the LSTM states h and c",
-    "layers": "stacked LSTM layers in the encoder and in the decoder",
-    "bidirectional": "encoder reads the input both ways (latent_dim/2 per direction)",
-    "attention": "decoder attends to the encoder outputs: Luong (general or dot, input feeding) or Bahdanau",
-    "dropout": "dropout rate on embeddings, between layers and before the output layer",
-    "tie_embeddings": "share the target embedding with the output layer (needs --input embedding)",
-    "epochs": "passes over the training data",
-    "batch_size": "pairs per training step",
-    "optimizer": "adam, or rmsprop (the textbook's)",
-    "learning_rate": "the optimizer's learning rate",
-    "label_smoothing": "spread this share of each target's probability over the vocabulary",
-    "clip_norm": "clip the gradients' global norm to this (0: no clipping)",
-    "patience": "stop after this many epochs without improvement of --stop-metric on dev",
-    "stop_metric": "dev metric deciding the best epoch (kept in model.keras) and early stopping",
-    "lr_patience": "halve (--lr-factor) the learning rate after this many epochs without improvement",
-    "lr_factor": "learning-rate reduction factor, with --lr-patience",
-    "lr_decay": "linear: lower the learning rate towards zero over the epochs (or the --time-budget), "
-    "in place of the reduction on plateau",
-    "dev_bleu_sentences": "dev sentences decoded after every epoch for BLEU/chrF (0: none)",
-    "time_budget": "stop training after this many minutes",
-    "data_parallel": "split every batch across all local devices (see README for several machines)",
-    "seed": "seed for sampling, splitting, initialisation and shuffling",
-    "max_length": "longest output generated, in tokens (default: from the training data)",
-    "max_length_ratio": "outputs also stop after this many tokens per source token of their batch's longest "
-    f"input, plus {LENGTH_MARGIN} (default: from the training data)",
+# The values filled into the help texts of Config's fields (config.py holds the texts).
+HELP_VALUES = {
+    "builtins": ", ".join(BUILTIN_PREFIX + name for name in BUILTIN_CORPORA),
+    "length_margin": LENGTH_MARGIN,
 }
 INTERNAL_FIELDS = {"versions"}
 
@@ -75,21 +33,20 @@ def add_config_options(parser: argparse.ArgumentParser, grid: bool = False) -> N
             continue
         option = "--" + spec.name.replace("_", "-")
         kind = kinds[spec.name]
+        text = spec.metadata["help"].format(**HELP_VALUES)
         if grid and spec.name in KNOBS:
-            parser.add_argument(
-                option, default=None, help=TRAIN_HELP[spec.name] + " (comma-separated values: a grid axis)"
-            )
+            parser.add_argument(option, default=None, help=text + " (comma-separated values: a grid axis)")
             continue
         if kind is bool:  # --bidirectional / --no-bidirectional: some are on by default
             parser.add_argument(
                 option,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=TRAIN_HELP[spec.name] + f" (default: {'on' if spec.default else 'off'})",
+                help=text + f" (default: {'on' if spec.default else 'off'})",
             )
         else:
             default = f" (default: {spec.default})" if spec.default is not None else ""
-            parser.add_argument(option, type=kind, default=None, help=TRAIN_HELP[spec.name] + default)
+            parser.add_argument(option, type=kind, default=None, help=text + default)
 
 
 def add_textbook_option(parser: argparse.ArgumentParser) -> None:

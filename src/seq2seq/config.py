@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import UserError
 
-LEVELS = ("char", "word", "subword")
-INPUTS = ("onehot", "embedding")
-ATTENTIONS = ("none", "luong", "luong-dot", "bahdanau")
-SUBWORD_MODELS = ("unigram", "bpe")
-STOP_METRICS = ("bleu", "chrf", "loss")
-LR_DECAYS = ("none", "linear")
-OPTIMIZERS = ("adam", "rmsprop")
+# The settings that take one of a few values: the values allowed are the Literal's.
+Level = Literal["char", "word", "subword"]
+Input = Literal["onehot", "embedding"]
+Attention = Literal["none", "luong", "luong-dot", "bahdanau"]
+SubwordModel = Literal["unigram", "bpe"]
+StopMetric = Literal["bleu", "chrf", "loss"]
+LrDecay = Literal["none", "linear"]
+Optimizer = Literal["adam", "rmsprop"]
+OPTIMIZERS = typing.get_args(Optimizer)  # training.OPTIMIZER_CLASSES has one class for each
 
 
 # The textbook's model and settings (`seq2seq train --textbook`): characters as one-hot
@@ -62,107 +66,162 @@ class Config:
     on two CPU cores (README, "Results"); `TEXTBOOK` holds the textbook's.
     """
 
+    # Each setting is one `seq2seq train` option (--latent-dim for latent_dim) with the
+    # help text in its metadata; {builtins} and {length_margin} are filled in by the CLI.
     # data
-    data: str = "builtin:numbers-en-es"
-    num_samples: int | None = None
-    first: bool = False
-    reverse: bool = False
-    strict: bool = False
-    dev_fraction: float = 0.05
-    test_fraction: float = 0.05
-    dev_data: str | None = None
-    test_data: str | None = None
+    data: str = field(
+        default="builtin:numbers-en-es",
+        metadata={"help": "pair file (source<TAB>target per line) or builtin:NAME ({builtins})"},
+    )
+    num_samples: int | None = field(
+        default=None, metadata={"help": "use this many pairs (random sample by --seed; see --first)"}
+    )
+    first: bool = field(
+        default=False, metadata={"help": "with --num-samples, take the first pairs instead of a random sample"}
+    )
+    reverse: bool = field(
+        default=False,
+        metadata={"help": "swap source and target (e.g. Spanish->English from an English<TAB>Spanish file)"},
+    )
+    strict: bool = field(default=False, metadata={"help": "stop at the first malformed line instead of skipping it"})
+    dev_fraction: float = field(default=0.05, metadata={"help": "share of source sentences held out for validation"})
+    test_fraction: float = field(default=0.05, metadata={"help": "share of source sentences held out for testing"})
+    dev_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "pair file to validate on instead of a share of --data (pairs with its sources leave training)"
+        },
+    )
+    test_data: str | None = field(
+        default=None,
+        metadata={"help": "pair file to test on instead of a share of --data (pairs with its sources leave training)"},
+    )
     # tokens
-    level: str = "subword"
-    lowercase: bool = False
-    max_vocab: int | None = None
-    min_freq: int = 1
-    vocab_size: int = 8000
-    subword_model: str = "unigram"
+    level: Level = field(
+        default="subword",
+        metadata={"help": "tokens: characters, words (and punctuation), or subword pieces (sentencepiece)"},
+    )
+    lowercase: bool = field(default=False, metadata={"help": "lower-case text before tokenization"})
+    max_vocab: int | None = field(
+        default=None, metadata={"help": "largest vocabulary per side, special tokens included"}
+    )
+    min_freq: int = field(default=1, metadata={"help": "drop tokens seen fewer times in training (they become <unk>)"})
+    vocab_size: int = field(
+        default=8000, metadata={"help": "sentencepiece vocabulary size per side, with --level subword"}
+    )
+    subword_model: SubwordModel = field(
+        default="unigram", metadata={"help": "sentencepiece model type, with --level subword"}
+    )
     # model
-    input: str = "embedding"
-    embedding_dim: int = 256
-    latent_dim: int = 384
-    layers: int = 1
-    bidirectional: bool = True
-    attention: str = "luong"
-    dropout: float = 0.3
-    tie_embeddings: bool = True
+    input: Input = field(
+        default="embedding", metadata={"help": "tokens as one-hot vectors (the textbook) or a learned embedding"}
+    )
+    embedding_dim: int = field(default=256, metadata={"help": "embedding size, with --input embedding"})
+    latent_dim: int = field(default=384, metadata={"help": "size of the LSTM states h and c"})
+    layers: int = field(default=1, metadata={"help": "stacked LSTM layers in the encoder and in the decoder"})
+    bidirectional: bool = field(
+        default=True, metadata={"help": "encoder reads the input both ways (latent_dim/2 per direction)"}
+    )
+    attention: Attention = field(
+        default="luong",
+        metadata={"help": "decoder attends to the encoder outputs: Luong (general or dot, input feeding) or Bahdanau"},
+    )
+    dropout: float = field(
+        default=0.3, metadata={"help": "dropout rate on embeddings, between layers and before the output layer"}
+    )
+    tie_embeddings: bool = field(
+        default=True, metadata={"help": "share the target embedding with the output layer (needs --input embedding)"}
+    )
     # training
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "adam"
-    learning_rate: float = 2e-3
-    label_smoothing: float = 0.1
-    clip_norm: float = 5.0
-    patience: int | None = 3
-    stop_metric: str = "bleu"
-    lr_patience: int | None = 1
-    lr_factor: float = 0.5
-    lr_decay: str = "none"
-    dev_bleu_sentences: int = 500
-    time_budget: float | None = None
-    data_parallel: bool = False
-    seed: int = 0
+    epochs: int = field(default=30, metadata={"help": "passes over the training data"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per training step"})
+    optimizer: Optimizer = field(default="adam", metadata={"help": "adam, or rmsprop (the textbook's)"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "the optimizer's learning rate"})
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "spread this share of each target's probability over the vocabulary"}
+    )
+    clip_norm: float = field(default=5.0, metadata={"help": "clip the gradients' global norm to this (0: no clipping)"})
+    patience: int | None = field(
+        default=3, metadata={"help": "stop after this many epochs without improvement of --stop-metric on dev"}
+    )
+    stop_metric: StopMetric = field(
+        default="bleu", metadata={"help": "dev metric deciding the best epoch (kept in model.keras) and early stopping"}
+    )
+    lr_patience: int | None = field(
+        default=1, metadata={"help": "halve (--lr-factor) the learning rate after this many epochs without improvement"}
+    )
+    lr_factor: float = field(default=0.5, metadata={"help": "learning-rate reduction factor, with --lr-patience"})
+    lr_decay: LrDecay = field(
+        default="none",
+        metadata={
+            "help": "linear: lower the learning rate towards zero over the epochs (or the --time-budget), "
+            "in place of the reduction on plateau"
+        },
+    )
+    dev_bleu_sentences: int = field(
+        default=500, metadata={"help": "dev sentences decoded after every epoch for BLEU/chrF (0: none)"}
+    )
+    time_budget: float | None = field(default=None, metadata={"help": "stop training after this many minutes"})
+    data_parallel: bool = field(
+        default=False, metadata={"help": "split every batch across all local devices (see README for several machines)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed for sampling, splitting, initialisation and shuffling"})
     # decoding
-    max_length: int | None = None
+    max_length: int | None = field(
+        default=None, metadata={"help": "longest output generated, in tokens (default: from the training data)"}
+    )
     # a batch's outputs also stop after ratio x its longest source + LENGTH_MARGIN tokens
-    max_length_ratio: float | None = None
-    # written by the toolkit, not by users
+    max_length_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "outputs also stop after this many tokens per source token of their batch's longest "
+            "input, plus {length_margin} (default: from the training data)"
+        },
+    )
+    # written by the toolkit, not by users (no option)
     versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _choice("level", self.level, LEVELS)
-        _choice("input", self.input, INPUTS)
-        _choice("attention", self.attention, ATTENTIONS)
-        _choice("subword_model", self.subword_model, SUBWORD_MODELS)
-        _choice("stop_metric", self.stop_metric, STOP_METRICS)
-        _choice("lr_decay", self.lr_decay, LR_DECAYS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _positive("layers", self.layers)
-        _positive("vocab_size", self.vocab_size)
-        for name in ("dropout", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.bidirectional and self.latent_dim % 2:
-            raise ConfigError(
-                f"--bidirectional splits latent_dim between two directions: it must be even, got {self.latent_dim}"
-            )
-        if self.tie_embeddings and self.input != "embedding":
-            raise ConfigError("tie_embeddings needs input 'embedding' (one-hot inputs have no embedding to tie)")
-        if self.clip_norm < 0:
-            raise ConfigError(f"clip_norm must be positive (or 0 for no clipping), got {self.clip_norm}")
-        for name in ("patience", "lr_patience"):
+        """Every field's type first (so a range check never meets a string), then its
+        range; a ConfigError names the field and says what it must be."""
+        hints = _type_hints()
+        for spec in dataclasses.fields(self):
+            _check_type(spec.name, getattr(self, spec.name), hints[spec.name])
+        for name in ("layers", "vocab_size", "latent_dim", "embedding_dim", "epochs", "batch_size", "min_freq"):
+            _positive(name, getattr(self, name))
+        for name in ("num_samples", "patience", "lr_patience", "max_length"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        for name in ("dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.bidirectional and self.latent_dim % 2:
+            raise ConfigError(
+                f"latent_dim: --bidirectional splits it between two directions: it must be even, got {self.latent_dim}"
+            )
+        if self.tie_embeddings and self.input != "embedding":
+            raise ConfigError("tie_embeddings: needs input 'embedding' (one-hot inputs have no embedding to tie)")
+        if self.clip_norm < 0:
+            raise ConfigError(f"clip_norm: must be positive (or 0 for no clipping), got {self.clip_norm}")
         if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError(f"time_budget must be a positive number of minutes, got {self.time_budget}")
+            raise ConfigError(f"time_budget: must be a positive number of minutes, got {self.time_budget}")
         if not 0 < self.lr_factor < 1:
-            raise ConfigError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
-        if not isinstance(self.dev_bleu_sentences, int) or self.dev_bleu_sentences < 0:
-            raise ConfigError(f"dev_bleu_sentences must be a non-negative integer, got {self.dev_bleu_sentences!r}")
-        _positive("latent_dim", self.latent_dim)
-        _positive("embedding_dim", self.embedding_dim)
-        _positive("epochs", self.epochs)
-        _positive("batch_size", self.batch_size)
-        _positive("min_freq", self.min_freq)
-        if self.num_samples is not None:
-            _positive("num_samples", self.num_samples)
+            raise ConfigError(f"lr_factor: must be in (0, 1), got {self.lr_factor}")
+        if self.dev_bleu_sentences < 0:
+            raise ConfigError(f"dev_bleu_sentences: must be a non-negative integer, got {self.dev_bleu_sentences}")
         if self.max_vocab is not None and self.max_vocab < 5:
-            raise ConfigError(f"max_vocab must be at least 5 (4 special tokens + 1), got {self.max_vocab}")
-        if self.max_length is not None:
-            _positive("max_length", self.max_length)
+            raise ConfigError(f"max_vocab: must be at least 5 (4 special tokens + 1), got {self.max_vocab}")
         if self.max_length_ratio is not None and not self.max_length_ratio > 0:
-            raise ConfigError(f"max_length_ratio must be positive, got {self.max_length_ratio}")
+            raise ConfigError(f"max_length_ratio: must be positive, got {self.max_length_ratio}")
         if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+            raise ConfigError(f"learning_rate: must be in (0, 1), got {self.learning_rate}")
         for name in ("dev_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 0.5:
-                raise ConfigError(f"{name} must be in [0, 0.5), got {value}")
+                raise ConfigError(f"{name}: must be in [0, 0.5), got {value}")
 
     @classmethod
     def textbook(cls, **settings: Any) -> Config:
@@ -177,6 +236,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Settings read from a file: every key must be a setting, every value of its type
+        and in its range (ConfigError naming the first field that is not)."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"expected a JSON object of settings, got {_json_kind(values)}")
         known = {f.name for f in dataclasses.fields(cls)}
         if "recurrent_matmul" in values:  # removed: float32 was its default and is now the only format
             if values["recurrent_matmul"] != "float32":
@@ -192,29 +255,80 @@ class Config:
         path = Path(path)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not valid UTF-8 (byte {error.start})") from error
         except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from error
+            raise ConfigError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from error
         try:
             return cls.from_dict(values)
-        except (ConfigError, TypeError) as error:
+        except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from error
 
 
+def setting_help(name: str) -> str:
+    """The help text of a setting's `seq2seq train` option (with {placeholders} unfilled)."""
+    return next(spec.metadata["help"] for spec in dataclasses.fields(Config) if spec.name == name)
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values a choice setting (typed `Literal[...]`) allows; () for other settings."""
+    hint = _type_hints()[name]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
 def setting_types() -> dict[str, type]:
-    """The plain type of each setting: int for `int | None`, and so on."""
+    """The plain type of each setting: int for `int | None`, str for a Literal of strings."""
     types_ = {}
-    for name, hint in typing.get_type_hints(Config).items():
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    for name, hint in _type_hints().items():
+        hint = _without_none(hint)
+        if typing.get_origin(hint) is Literal:
+            hint = type(typing.get_args(hint)[0])
         types_[name] = hint
     return types_
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _without_none(hint: Any) -> Any:
+    """`X` for `X | None` (and `Optional[X]`), else `hint`."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    """ConfigError unless `value` is of the type `hint` (a setting's annotation) allows."""
+    plain = _without_none(hint)
+    if value is None and plain is not hint:
+        return
+    or_null = " (or null)" if plain is not hint else ""
+    if typing.get_origin(plain) is Literal:
+        allowed = typing.get_args(plain)
+        if not isinstance(value, str) or value not in allowed:
+            raise ConfigError(f"{name}: must be one of {', '.join(allowed)}; got {value!r}")
+    elif typing.get_origin(plain) is dict:  # versions: names to version strings
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{name}: expected an object of strings, got {value!r}")
+    elif plain is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name}: expected {_EXPECTED[float]}{or_null}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+    elif (plain is bool) != isinstance(value, bool) or not isinstance(value, plain):  # True is no integer, 1 no flag
+        raise ConfigError(f"{name}: expected {_EXPECTED[plain]}{or_null}, got {value!r}")
 
 
 def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
