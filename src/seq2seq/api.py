@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import backend
+from . import backend, modeldir
 from .batches import pad
 from .config import Config
 from .data import normalize
@@ -98,7 +98,7 @@ class Seq2Seq:
         for name in (CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, MODEL_FILE):
             if not (model_dir / name).is_file():
                 raise ModelDirError(f"{model_dir}: no {name}; is this a directory made by `seq2seq train`?")
-        config = Config.load(model_dir / CONFIG_FILE)
+        config = modeldir.check(model_dir)  # refuses damaged, newer or unsafe files before Keras reads any
         model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
         return cls(
             config,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from .api import LENGTH_MARGIN
 from .config import Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
+from .errors import UserError
 from .sweep import parse_axes
 
 # The values filled into the help texts of Config's fields (config.py holds the texts).
@@ -71,6 +74,11 @@ def config_from_args(args: argparse.Namespace, given: dict | None = None) -> Con
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description=__doc__)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of one line (also: SEQ2SEQ_DEBUG=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model on a file of pairs")
@@ -85,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     translate = commands.add_parser("translate", help="generate output for input texts (arguments or stdin)")
     translate.add_argument("--model-dir", required=True, type=Path)
-    translate.add_argument("text", nargs="*", help="input texts; without them, one per line from stdin")
+    translate.add_argument("text", nargs="*", help="input texts; without them, one per line from stdin (UTF-8)")
+    translate.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first input that is not valid UTF-8 instead of warning (naming its line) "
+        "and printing an empty line for it",
+    )
     add_decoding_options(translate)
 
     evaluate = commands.add_parser("evaluate", help="score a model on its held-out test split or a pair file")
@@ -172,14 +186,42 @@ def decoding_options(args: argparse.Namespace) -> DecodingOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A failure the user can cause (a UserError, an OSError about a file,
+    a file that is not valid JSON or UTF-8) ends in one line on stderr and exit status 2;
+    with --debug or SEQ2SEQ_DEBUG=1 it is raised again, traceback and all."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as error:
-        print(f"seq2seq: error: {error}", file=sys.stderr)
+    except (UserError, OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        if args.debug or os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0"):
+            raise
+        print(f"seq2seq: error: {error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+DEBUG_VARIABLE = "SEQ2SEQ_DEBUG"
+
+
+def error_line(error: Exception) -> str:
+    """One line saying what went wrong, where, and what to do: a UserError's message (it
+    says all three), or an outside error's file and reason with a pointer to --debug."""
+    if isinstance(error, UserError):
+        message = str(error)
+    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
+    elif isinstance(error, FileNotFoundError | FileExistsError):  # ours, with a message that says what to do
+        message = str(error)
+    elif isinstance(error, json.JSONDecodeError):
+        message = f"not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+    elif isinstance(error, UnicodeDecodeError):
+        message = f"a file is not valid UTF-8 (byte {error.start}: {error.reason})"
+    else:
+        message = str(error) or type(error).__name__
+    if not isinstance(error, UserError | FileNotFoundError | FileExistsError) and not getattr(error, "filename", None):
+        message += f" (run with --debug or {DEBUG_VARIABLE}=1 for the traceback)"
+    return " ".join(message.split())
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -212,15 +254,47 @@ def run_translate(args: argparse.Namespace) -> int:
         ]
 
     if args.text:
-        lines: Iterable[str] = args.text
+        lines = _decoded((os.fsencode(text) for text in args.text), "<arguments>", args.strict)
     elif sys.stdin.isatty():
         return _interactive(translate)
     else:
-        lines = (line.rstrip("\r\n") for line in sys.stdin)
+        lines = _decoded(sys.stdin.buffer, "<stdin>", args.strict)
     for chunk in _chunks(lines, 1024):
-        for output in translate(chunk):
-            print(output, flush=True)
+        outputs = iter(translate([line for line in chunk if isinstance(line, str)]))
+        for line in chunk:  # one output line per input line: an empty one for an undecodable input
+            if isinstance(line, DataError) and args.strict:
+                raise line  # after the outputs of the lines before it
+            print(next(outputs) if isinstance(line, str) else "", flush=True)
     return 0
+
+
+def _decoded(raws: Iterable[bytes], source: str, strict: bool) -> Iterator[str | DataError]:
+    """Each input line decoded as UTF-8 on its own, as pair files are read (data.read_pairs):
+    a line that is not valid UTF-8 is given as a DataError naming it, and is the last one
+    if `strict`; else it is reported on stderr by number (the first few, then a count)."""
+    bad = 0
+    for number, raw in enumerate(raws, start=1):
+        try:
+            text = (raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            reason = f"not valid UTF-8 (byte {error.start})"
+            if strict:
+                yield DataError(source, number, f"{reason}; convert the input to UTF-8 (without --strict: a warning)")
+                return
+            bad += 1
+            problem = DataError(source, number, reason)
+            if bad <= 5:
+                print(f"seq2seq: warning: {problem}; printed an empty line for it", file=sys.stderr)
+            yield problem
+            continue
+        yield text.rstrip("\r\n")
+    if bad:
+        more = f" ({bad - 5} more not shown)" if bad > 5 else ""
+        print(
+            f"seq2seq: warning: {source}: {bad} line(s) not valid UTF-8{more}, each given an empty output line; "
+            "use --strict to stop at the first",
+            file=sys.stderr,
+        )
 
 
 def _interactive(translate) -> int:
@@ -232,6 +306,9 @@ def _interactive(translate) -> int:
         except EOFError:
             print(file=sys.stderr)
             return 0
+        except UnicodeDecodeError as error:
+            print(f"seq2seq: warning: not valid UTF-8 (byte {error.start}); type it again", file=sys.stderr)
+            continue
         print(translate([line])[0])
 
 
@@ -324,7 +401,12 @@ def run_plot(args: argparse.Namespace) -> int:
     from . import plots
     from .api import HISTORY_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE, Seq2Seq
     from .data import Split
+    from .modeldir import check_vocabulary
     from .vocab import Codec
+
+    def codec(name: str) -> Codec:
+        check_vocabulary(directory / name)
+        return Codec.load(directory / name)
 
     if args.figure in ("attention", "onehot", "teacher-forcing") and not args.text:
         raise ConfigError(f"plot {args.figure} needs a TEXT to draw")
@@ -338,12 +420,12 @@ def run_plot(args: argparse.Namespace) -> int:
             raise ConfigError(str(error)) from None
     elif args.figure == "onehot":
         vocab = SOURCE_VOCAB_FILE if args.side == "source" else TARGET_VOCAB_FILE
-        figure = plots.one_hot_matrix(args.text, Codec.load(directory / vocab))
+        figure = plots.one_hot_matrix(args.text, codec(vocab))
     elif args.figure == "teacher-forcing":
-        figure = plots.teacher_forcing_alignment(args.text, Codec.load(directory / TARGET_VOCAB_FILE))
+        figure = plots.teacher_forcing_alignment(args.text, codec(TARGET_VOCAB_FILE))
     else:
         pairs = Split.load(directory / SPLIT_DIR).train
-        source, target = Codec.load(directory / SOURCE_VOCAB_FILE), Codec.load(directory / TARGET_VOCAB_FILE)
+        source, target = codec(SOURCE_VOCAB_FILE), codec(TARGET_VOCAB_FILE)
         figure = plots.length_distribution(pairs, source, target)
     for path in plots.save(figure, args.out or directory / "plots" / args.figure):
         print(path)
