@@ -180,3 +180,40 @@ def test_greedy_rows_moved_to_a_smaller_batch_decode_as_before(attention, seed):
     # the second batch has work: some row runs on after no more than 24 / 4 rows are left
     steps = sorted((len(e) for e in expected), reverse=True)
     assert steps[24 // 4] < steps[0]
+
+
+def test_only_decoders_whose_rows_stand_alone_move_rows_to_a_smaller_batch(monkeypatch):
+    """`compacts_rows` says which decoders move rows (a second `while_loop`): plain greedy
+    does; a sampler (draws depend on the row's place), a greedy decoder returning
+    attention, a batch too small to split, and the teacher-forced decoder do not."""
+    from seq2seq import decoding
+    from seq2seq.api import _ForcedDecoder
+
+    from .conftest import count_calls
+
+    _, parts = _model("luong")
+    source = np.tile(_sources(), (4, 1))  # 24 rows: a quarter is 6
+    cases = {
+        "greedy, 4 rows": (GreedyDecoder(parts, MAX_LENGTH), source[:4]),
+        "greedy": (GreedyDecoder(parts, MAX_LENGTH), source),
+        "greedy with attention": (GreedyDecoder(parts, MAX_LENGTH, return_attention=True), source),
+        "sampling": (SamplingDecoder(parts, MAX_LENGTH), [source, np.array([1, 2], "int32")]),
+        "forced": (_ForcedDecoder(parts, MAX_LENGTH), [source, np.zeros((24, MAX_LENGTH), "int32")]),
+    }
+    assert [type(decoder).compacts_rows for decoder, _ in cases.values()] == [True, True, True, False, False]
+    loops = {}
+    for name, (decoder, inputs) in cases.items():
+        calls = count_calls(monkeypatch, decoding.ops, "while_loop")
+        decoder.predict_on_batch(inputs)  # compiled, so the loops traced, on this first call
+        loops[name] = len(calls)
+        monkeypatch.undo()
+    # Keras traces `call` more than once (for its output's shape, then to compile it)
+    traces = loops["greedy, 4 rows"]
+    assert traces and all(n % traces == 0 for n in loops.values()), loops
+    assert {name: n // traces for name, n in loops.items()} == {
+        "greedy, 4 rows": 1,
+        "greedy": 2,
+        "greedy with attention": 1,
+        "sampling": 1,
+        "forced": 1,
+    }

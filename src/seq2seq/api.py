@@ -330,5 +330,7 @@ class _ForcedDecoder(GreedyDecoder):
     """[source ids (B, S), target ids (B, max_length)] -> (the target ids, attention): the
     decoder fed the given outputs instead of its own choices, for their attention."""
 
+    compacts_rows = False  # the given outputs (in `seed`) are read by row
+
     def choose(self, logits, t, seed):
         return ops.take(seed, t, axis=1)

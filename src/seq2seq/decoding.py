@@ -82,6 +82,9 @@ class GreedyDecoder(_Decoder):
     """
 
     compact_share = 4  # rows left (1 / share of the batch) that move to a smaller batch
+    # Whether rows left may move to a smaller batch: only when a row's choice depends on
+    # nothing but its own state (a sampler's draw depends on the row's place in the batch).
+    compacts_rows = True
 
     def __init__(self, parts: InferenceParts, max_length: int, return_attention: bool = False, **kwargs) -> None:
         super().__init__(parts, max_length, **kwargs)
@@ -118,8 +121,8 @@ class GreedyDecoder(_Decoder):
 
         start = (ops.convert_to_tensor(0, dtype="int32"), previous, finished, output, attention, *state)
         kept = (source_ids.shape[0] or 0) // self.compact_share  # 0 when the batch size is not static
-        # only plain greedy: a sampler's draws, and the attention returned, follow the row
-        if type(self) is not GreedyDecoder or self.return_attention or kept < 2:
+        # the attention returned follows the row too: it is kept whole
+        if not self.compacts_rows or self.return_attention or kept < 2:
             _, _, _, output, attention, *_ = ops.while_loop(not_done, step_with(context), start)
             return (output, attention) if self.return_attention else output
 
@@ -139,6 +142,8 @@ class SamplingDecoder(GreedyDecoder):
     """[source ids (B, S), seed (2,) int32] -> target ids (B, max_length), each token drawn
     from softmax(logits / temperature), restricted to the `top_k` most probable tokens
     and/or the smallest set whose probability reaches `top_p`. Same seed, same output."""
+
+    compacts_rows = False  # a row's draws depend on its place in the batch
 
     def __init__(
         self,
