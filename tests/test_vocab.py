@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from seq2seq.vocab import (
@@ -124,3 +125,53 @@ def test_subword_round_trip_and_save(tmp_path):
     assert loaded.decode(codec.encode("Mary run.")) == "Mary run."
     bpe = SubwordTokenizer.train(texts * 5, vocab_size=40, model_type="bpe")
     assert bpe.detokenize(bpe.tokenize("They sing.")) == "They sing."
+
+
+UNNORMALISED = {  # text as it may come (NFD accents, odd and invisible spaces) -> as normalised
+    "Adio\u0301s,\u00a0mundo\u200b  cruel. ": "Adiós, mundo cruel.",
+    "\ufeff¿Que\u0301\u202fhora\tes?": "¿Qué hora es?",
+}
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_codecs_normalise_text_so_no_caller_can_forget(level):
+    """`Codec` normalises text on the way in (as `read_pairs` does), so text that never went
+    through a pair file (a request, a built-in corpus, a plot) meets the vocabulary as
+    training text did."""
+    from seq2seq.data import normalize
+
+    assert all(normalize(raw) == clean for raw, clean in UNNORMALISED.items())
+    codec = Codec.fit(make_tokenizer(level), UNNORMALISED.values())
+    for raw, clean in UNNORMALISED.items():
+        assert codec.encode(raw) == codec.encode(clean) and UNK_ID not in codec.encode(raw)
+        assert codec.tokenize(raw) == codec.tokenizer.tokenize(clean)
+    fitted_raw = Codec.fit(make_tokenizer(level), UNNORMALISED)
+    assert fitted_raw.vocabulary.tokens == codec.vocabulary.tokens
+
+
+def test_subword_codecs_normalise_text_too():
+    from seq2seq.vocab import SubwordTokenizer
+
+    tokenizer = SubwordTokenizer.train([*UNNORMALISED] * 20, vocab_size=30)
+    assert "\u200b" not in "".join(
+        tokenizer.processor.id_to_piece(i) for i in range(tokenizer.processor.get_piece_size())
+    )
+    codec = Codec.fit(tokenizer, UNNORMALISED)
+    for raw, clean in UNNORMALISED.items():
+        assert codec.encode(raw) == codec.encode(clean)
+        assert codec.decode([*codec.encode(raw), END_ID]) == clean
+
+
+def test_batches_of_pairs_not_read_from_a_file_are_normalised():
+    """Built-in corpora do not pass through `read_pairs`: their batches are normalised too."""
+    from seq2seq.batches import PairBatches
+    from seq2seq.data import Pair
+
+    raw, clean = [Pair(text, text) for text in UNNORMALISED], [Pair(text, text) for text in UNNORMALISED.values()]
+    codec = Codec.fit(make_tokenizer("char"), UNNORMALISED.values())
+    batches = [PairBatches.from_pairs(codec, codec, pairs, batch_size=2, shuffle=False) for pairs in (raw, clean)]
+    assert len(batches[0]) == len(batches[1]) == 1
+    (raw_inputs, raw_targets), (inputs, targets) = batches[0][0], batches[1][0]
+    np.testing.assert_array_equal(raw_targets, targets)
+    for name, ids in inputs.items():
+        np.testing.assert_array_equal(raw_inputs[name], ids)

@@ -26,7 +26,6 @@ from keras import ops
 from . import backend, modeldir
 from .batches import pad
 from .config import Config
-from .data import normalize
 from .decoding import DecodingOptions, GreedyDecoder
 from .errors import UserError
 from .files import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE  # noqa: F401
@@ -139,8 +138,8 @@ class Seq2Seq:
         return self._parts
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Source texts -> source ids (normalised as training data was)."""
-        return [self.source.encode(normalize(text)) for text in texts]
+        """Source texts -> source ids (the codec normalises them as training data was)."""
+        return [self.source.encode(text) for text in texts]
 
     def translate(self, texts: Sequence[str], options: DecodingOptions | None = None) -> list[str]:
         """One output text for each input text, in order (the best, with beam search)."""
@@ -243,7 +242,7 @@ class Seq2Seq:
                     text=self.target.decode(best),
                     score=hypotheses[0][1],
                     n_best=[(self.target.decode(ids), score) for ids, score in hypotheses],
-                    source_tokens=self.source.tokenizer.tokenize(normalize(text)) if flat[i] else [],
+                    source_tokens=self.source.tokenize(text) if flat[i] else [],
                     target_tokens=[self.target.vocabulary.tokens[t] for t in best],
                     attention=None if attention is None else attention[i],
                 )
@@ -286,7 +285,7 @@ class Seq2Seq:
         decoder = GreedyDecoder(self.parts, max_length or self.max_length, return_attention=True)
         ids, weights = decoder.predict_on_batch(pad([source_ids], length=len(source_ids)))
         output = _until_end(ids[0])
-        source_tokens = self.source.tokenizer.tokenize(normalize(text))
+        source_tokens = self.source.tokenize(text)
         target_tokens = [self.target.vocabulary.tokens[i] for i in output]
         return source_tokens, target_tokens, np.asarray(weights)[0, : len(output), : len(source_ids)]
 

@@ -164,8 +164,8 @@ def one_hot_matrix(text: str, codec: Codec, max_labelled_columns: int = MAX_LABE
     The bottom axis names the tokens of the columns, the top axis their ids: every column
     up to `max_labelled_columns` vocabulary entries, else only the columns used.
     """
-    text = normalize(text)
-    tokens = codec.tokenizer.tokenize(text)
+    text = normalize(text)  # for the title: the codec normalises what it splits itself
+    tokens = codec.tokenize(text)
     ids = codec.encode(text)
     if not ids:
         raise ValueError("the text has no tokens")
@@ -225,7 +225,7 @@ def teacher_forcing_alignment(target_text: str, codec: Codec) -> Figure:
     INPUT_ROW / TARGET_ROW; their boxes "input-cell:t" and "target-cell:t"; arrows
     "shift:t" (from target t to input t+1).
     """
-    ids = codec.encode(normalize(target_text))
+    ids = codec.encode(target_text)
     decoder_input, decoder_target = teacher_forcing(ids)
     vocabulary = codec.vocabulary.tokens
     rows = {
@@ -293,7 +293,7 @@ def length_distribution(
     figure = Figure(figsize=(9.0, 3.6), layout="constrained")
     axes = figure.subplots(1, 2)
     for ax, (side, texts), codec in zip(axes, sides.items(), (source_codec, target_codec), strict=True):
-        lengths = np.array([len(codec.tokenizer.tokenize(t)) if codec else len(t) for t in texts])
+        lengths = np.array([len(codec.tokenize(t)) if codec else len(t) for t in texts])
         unit = "tokens" if codec else "characters"
         ax.hist(lengths, bins=_length_bins(lengths), color="C0" if side == "source" else "C1", alpha=0.8)
         mean, p99 = float(lengths.mean()), float(np.percentile(lengths, 99))

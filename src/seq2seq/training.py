@@ -101,7 +101,7 @@ def with_decoding_limits(config: Config, source: Codec, target: Codec, pairs: li
     """`config` with the output limits it leaves unset taken from the training pairs."""
     if config.max_length and config.max_length_ratio:
         return config
-    lengths = [(len(source.tokenizer.tokenize(p.source)), len(target.tokenizer.tokenize(p.target))) for p in pairs]
+    lengths = [(len(source.tokenize(p.source)), len(target.tokenize(p.target))) for p in pairs]
     return replace(
         config,
         max_length=config.max_length or default_max_length(max(t for _, t in lengths)),

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .data import normalize
+
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
 PAD_ID, START_ID, END_ID, UNK_ID = range(4)
@@ -115,6 +117,7 @@ class SubwordTokenizer:
         import sentencepiece
 
         model = io.BytesIO()
+        texts = (normalize(text) for text in texts)  # as a Codec gives texts to `tokenize`
         sentencepiece.SentencePieceTrainer.train(
             sentence_iterator=(text.lower() if lowercase else text for text in texts),
             model_writer=model,
@@ -193,7 +196,12 @@ class Vocabulary:
 
 
 class Codec:
-    """A tokenizer and a vocabulary together: text <-> ids, one side of a model."""
+    """A tokenizer and a vocabulary together: text <-> ids, one side of a model.
+
+    Text is normalised on the way in (`data.normalize`, as `read_pairs` does to pair files),
+    so text from anywhere (a built-in corpus, a request, a plot) meets the vocabulary as the
+    training text did, and no caller has to remember to.
+    """
 
     def __init__(self, tokenizer: Tokenizer, vocabulary: Vocabulary) -> None:
         self.tokenizer = tokenizer
@@ -201,14 +209,19 @@ class Codec:
 
     @classmethod
     def fit(cls, tokenizer: Tokenizer, texts: Iterable[str], max_size: int | None = None, min_freq: int = 1) -> Codec:
-        sequences = (tokenizer.tokenize(text) for text in texts)
+        sequences = (tokenizer.tokenize(normalize(text)) for text in texts)
         return cls(tokenizer, Vocabulary.build(sequences, max_size=max_size, min_freq=min_freq))
 
     def __len__(self) -> int:
         return len(self.vocabulary)
 
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of the normalised text."""
+        return self.tokenizer.tokenize(normalize(text))
+
     def encode(self, text: str) -> list[int]:
-        return self.vocabulary.encode(self.tokenizer.tokenize(text))
+        """The ids of the normalised text's tokens (<unk> for those not in the vocabulary)."""
+        return self.vocabulary.encode(self.tokenize(text))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.detokenize(self.vocabulary.decode(ids))
