@@ -4,9 +4,9 @@ freed memory back."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -18,7 +18,7 @@ import keras
 from .backend import release_freed_memory
 from .data import Pair
 from .evaluation import score
-from .files import CHECKPOINT_STATE_FILE, MODEL_FILE
+from .files import CHECKPOINT_STATE_FILE, MODEL_FILE, save_model, write_atomic
 
 if TYPE_CHECKING:
     from .api import Seq2Seq
@@ -126,6 +126,41 @@ class DevScores(keras.callbacks.Callback):
             logs.update(dev_bleu=round(scores.bleu, 2), dev_chrf=round(scores.chrf, 2), dev_exact=scores.exact_match)
 
 
+class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras's ModelCheckpoint (use with save_best_only), writing the model through
+    `files.save_model`: a kill or a failed write while saving leaves the previous best."""
+
+    def _save_model(self, epoch: int, batch: int | None, logs: dict | None) -> None:
+        path = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, path):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            save_model(self.model, path)
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger, the same rows, but the whole file is written again (atomically,
+    through `files.write_atomic`) after every epoch instead of appended to: a kill or a
+    failed write leaves the history of the epochs before, never half a row."""
+
+    def on_train_begin(self, logs=None) -> None:
+        text = ""
+        if self.append and Path(self.filename).is_file():
+            with open(self.filename, encoding="utf-8", newline="") as f:
+                text = f.read()
+        self.append_header = not text
+        self.csv_file = io.StringIO(newline="")  # kept as written: csv's \r\n, as CSVLogger's file has
+        self.csv_file.write(text)
+        self.writer = None
+        self.keys = None
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        super().on_epoch_end(epoch, logs)
+        write_atomic(self.filename, self.csv_file.getvalue())
+
+    def on_train_end(self, logs=None) -> None:
+        self.writer = None
+
+
 class TrainingCheckpoint(keras.callbacks.Callback):
     """After every epoch, everything needed to resume: the model with its optimizer state
     (DIR/model.keras) and the progress (DIR/state.json: epochs done, training seconds,
@@ -161,18 +196,14 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.directory / _partial(MODEL_FILE)
-        self.model.save(partial)
-        os.replace(partial, self.directory / MODEL_FILE)
+        save_model(self.model, self.directory / MODEL_FILE)
         state = {
             "epochs_done": epoch + 1,
             "seconds": (logs or {}).get("seconds", 0.0),
             "callbacks": {name: self._state_of(callback) for name, callback in self.callbacks.items()},
             "random_states": [keras.ops.convert_to_numpy(v).tolist() for v in _random_states(self.model)],
         }
-        partial_state = self.directory / _partial(CHECKPOINT_STATE_FILE)
-        partial_state.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial_state, self.directory / CHECKPOINT_STATE_FILE)
+        write_atomic(self.directory / CHECKPOINT_STATE_FILE, json.dumps(state, indent=2) + "\n")
 
     def _state_of(self, callback: keras.callbacks.Callback) -> dict:
         attributes = next(names for kind, names in self.STATE.items() if isinstance(callback, kind))
@@ -186,13 +217,6 @@ def _random_states(model: keras.Model) -> list:
 
 def load_checkpoint_state(directory: Path) -> dict:
     return json.loads((Path(directory) / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
-
-
-def _partial(name: str) -> str:
-    """The name a file is written under before it replaces `name`: model.keras ->
-    model.partial.keras (Keras saves only to names that end in .keras)."""
-    path = Path(name)
-    return f"{path.stem}.partial{path.suffix}"
 
 
 def _to_json_number(value):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .errors import UserError
+from .files import atomic_path
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -113,7 +114,7 @@ def read_pairs(
 
 
 def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
-    with Path(path).open("w", encoding="utf-8", newline="\n") as out:
+    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8", newline="\n") as out:
         for pair in pairs:
             out.write(f"{pair.source}\t{pair.target}\n")
 

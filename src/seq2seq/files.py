@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,21 +29,32 @@ DECODER_INPUT_IDS = "decoder_input_ids"
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is flushed and renamed over `path`.
+    """Yield a temporary path beside `path`; on success it is flushed to disk and renamed over `path`.
 
-    On any error the temporary file is removed and `path` keeps its last good version.
+    The temporary name ends with `path`'s suffix (Keras saves only to names ending in
+    .keras) and starts with a dot. It gets the permissions a new file would (mkstemp's are
+    0600), or those of the file it replaces. On any error the temporary file is removed,
+    `path` keeps its last good version, and an OSError about the temporary file or about
+    no file (a failed write: disk full, file too large) names `path` instead.
     """
     path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
+    try:
+        temporary = _new_temporary(path)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     try:
         yield temporary
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
         with temporary.open("rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and _about(error, temporary):
+            raise OSError(error.errno, error.strerror, str(path)) from error  # same errno, so same subclass
         raise
     _fsync_directory(path.parent)
 
@@ -51,6 +63,28 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write `data` (text as UTF-8) to `path` through `atomic_path`."""
     with atomic_path(path) as temporary:
         temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def save_model(model, path: str | Path) -> None:
+    """`model.save(path)` (a Keras model) through `atomic_path`."""
+    with atomic_path(path) as temporary:
+        model.save(temporary, overwrite=True)
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file .NAME.RANDOM.tmpSUFFIX beside `path`, created with the usual permissions."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+
+
+def _about(error: OSError, temporary: Path) -> bool:
+    """Whether `error` is about the temporary file or names no file (a failed write)."""
+    return error.filename is None or os.fspath(error.filename) == os.fspath(temporary)
 
 
 def _fsync_directory(directory: Path) -> None:

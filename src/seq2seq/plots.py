@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .batches import teacher_forcing
 from .data import Pair, normalize
+from .files import atomic_path
 from .vocab import UNK, UNK_ID, Codec
 
 # history.csv columns drawn by `training_curves`: panel title -> [(column, line label)].
@@ -55,7 +56,8 @@ def save(figure: Figure, path_stem: str | Path, formats: Sequence[str] = ("png",
     for fmt in formats:
         path = path_stem.parent / f"{path_stem.name}.{fmt}"
         metadata = {"Date": None} if fmt == "svg" else None  # reproducible SVG files
-        figure.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=fmt, dpi=dpi, metadata=metadata)
         written.append(path)
     return written
 

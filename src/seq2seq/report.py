@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomic
 from .plots import SWEEP_METRICS, primary_metric
 from .sweep import PLOTS, write_plots
 
@@ -71,7 +72,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     files = write_plots(sweep_dir, results, knobs)
     page = _page(sweep_dir, results, knobs, metric, files)
     path = sweep_dir / REPORT_FILE
-    path.write_text(page, encoding="utf-8")
+    write_atomic(path, page)
     return path
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, setting_types
 from .data import Split
-from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, HISTORY_FILE, SPLIT_DIR
+from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, HISTORY_FILE, SPLIT_DIR, atomic_path, write_atomic
 from .plots import read_history
 
 # Settings that may take several values (comma-separated on the command line).
@@ -83,7 +83,7 @@ def prepare(base: Config, axes: dict[str, list], sweep_dir: Path) -> Split:
     split = prepare_data(replace(base, num_samples=None))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     split.save(sweep_dir / "data")
-    settings_file.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+    write_atomic(settings_file, json.dumps(description, indent=2) + "\n")
     return split
 
 
@@ -133,7 +133,7 @@ def run_sweep(
         else:
             train(config, point_dir, overwrite=True, verbose=verbose)
         result = {"point": name, **settings, **summarize(point_dir)}
-        (point_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_atomic(point_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
         durations.append(time.perf_counter() - point_started)
     results = collect(sweep_dir, points)
     write_results(results, sweep_dir)
@@ -173,10 +173,10 @@ def collect(sweep_dir: Path, points: list[dict]) -> list[dict]:
 
 
 def write_results(results: list[dict], sweep_dir: Path) -> None:
-    (sweep_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_atomic(sweep_dir / "results.json", json.dumps(results, indent=2) + "\n")
     if not results:
         return
-    with (sweep_dir / "results.csv").open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(sweep_dir / "results.csv") as temporary, temporary.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(results[0]))
         writer.writeheader()
         writer.writerows(results)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .data import normalize
+from .files import write_atomic
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -232,10 +233,10 @@ class Codec:
         settings = self.tokenizer.to_dict()
         if isinstance(self.tokenizer, SubwordTokenizer):
             model_file = path.with_suffix(".spm")
-            model_file.write_bytes(self.tokenizer.model_proto)
+            write_atomic(model_file, self.tokenizer.model_proto)
             settings["model_file"] = model_file.name
         document = {"tokenizer": settings, "tokens": self.vocabulary.tokens}
-        path.write_text(json.dumps(document, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(document, ensure_ascii=False, indent=0) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Codec:
