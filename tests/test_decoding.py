@@ -217,3 +217,17 @@ def test_only_decoders_whose_rows_stand_alone_move_rows_to_a_smaller_batch(monke
         "sampling": 1,
         "forced": 1,
     }
+
+
+def test_output_limits_are_worked_out_in_one_place():
+    """`OutputLimits.of`: the options' max_length over the config's over the default, the
+    config's ratio; `for_batch`: ratio x longest source + margin, rounded up, at most max_length."""
+    from seq2seq.decoding import DEFAULT_MAX_LENGTH, LENGTH_MARGIN, OutputLimits
+
+    config = Config(max_length=50, max_length_ratio=1.5)
+    assert OutputLimits.of(config) == OutputLimits(50, 1.5)
+    assert OutputLimits.of(config, DecodingOptions()) == OutputLimits(50, 1.5)
+    assert OutputLimits.of(config, DecodingOptions(max_length=20)) == OutputLimits(20, 1.5)
+    assert OutputLimits.of(Config()) == OutputLimits(DEFAULT_MAX_LENGTH, None)
+    assert LENGTH_MARGIN == 10 and [OutputLimits(50, 1.5).for_batch(n) for n in (2, 4, 20, 100)] == [16, 16, 40, 50]
+    assert OutputLimits(50, None).for_batch(1000) == 50

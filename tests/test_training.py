@@ -109,7 +109,8 @@ def test_compiles_the_configured_optimizer():
 
 def test_default_length_ratio_lets_every_training_target_fit(reverse_model_dir):
     """The output limit computed from the training pairs never cuts one of them short."""
-    from seq2seq.training import MIN_LENGTH_RATIO, default_length_ratio
+    from seq2seq.decoding import MIN_LENGTH_RATIO
+    from seq2seq.training import default_length_ratio
 
     system = Seq2Seq.load(reverse_model_dir)
     pairs = Split.load(reverse_model_dir / "split").train
@@ -142,3 +143,29 @@ def test_outputs_that_never_end_stop_at_their_batch_limit(reverse_model_dir):
     assert limits == [16, 40]  # ceil(1.5 * 2) + 10 = 13 and 30 + 10 = 40, rounded up to multiples of 8
     system.config = replace(system.config, max_length_ratio=None)
     assert [len(ids) for (ids, _), *_ in system.generate(system.encode([short]), options)] == [200]
+
+
+def test_attention_decodes_as_translate_does():
+    """`Seq2Seq.attention` gives the output `translate` gives, limits included (it ran to
+    max_length, past the batch limit of ratio x source + margin), and that output's weights."""
+    import keras
+
+    from seq2seq.model import build_model
+    from seq2seq.vocab import Codec, make_tokenizer
+
+    keras.utils.set_random_seed(0)
+    settings = dict(input="embedding", embedding_dim=8, latent_dim=16, attention="luong", tie_embeddings=False)
+    config = Config(level="char", max_length=60, max_length_ratio=1.5, **settings)
+    source = target = Codec.fit(make_tokenizer("char"), ["abcdefgh"])
+    system = Seq2Seq(config, source, target, build_model(config, len(source), len(target)))
+    bias = system.model.get_layer("output_projection").bias
+    never_end = keras.ops.convert_to_numpy(bias).copy()
+    never_end[END_ID] = -1e4  # every output runs to its limit
+    bias.assign(never_end)
+    for max_length, limit in ((None, 16), (8, 8)):  # ceil(1.5 x 4) + 10, rounded up to 16
+        options = DecodingOptions(max_length=max_length)
+        source_tokens, target_tokens, weights = system.attention("abcd", max_length=max_length)
+        assert source_tokens == list("abcd") and len(target_tokens) == limit
+        assert "".join(target_tokens) == system.translate(["abcd"], options)[0]
+        assert weights.shape == (limit, 4)
+        np.testing.assert_allclose(weights.sum(axis=1), 1, rtol=1e-5)

@@ -14,7 +14,6 @@ A model directory holds:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,11 @@ from keras import ops
 from . import backend, modeldir
 from .batches import pad
 from .config import Config
-from .decoding import DecodingOptions, GreedyDecoder
+from .decoding import LENGTH_MARGIN, DecodingOptions, GreedyDecoder, OutputLimits, round_up  # noqa: F401 (cli)
 from .errors import UserError
 from .files import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE  # noqa: F401
 from .model import InferenceParts, inference_parts
 from .vocab import END_ID, PAD_ID, Codec
-
-# an output may run ratio x (source tokens) + LENGTH_MARGIN tokens (see `output_limit`)
-LENGTH_MARGIN = 10
-LIMIT_MULTIPLE = 8  # limits are rounded up to this, so few decoders are compiled
 
 
 class ModelDirError(UserError, FileNotFoundError):
@@ -116,20 +111,18 @@ class Seq2Seq:
         with backend.tensorflow_not_imported():
             self.model.save(model_dir / MODEL_FILE)
 
+    def output_limits(self, options: DecodingOptions | None = None) -> OutputLimits:
+        """How long outputs may run when decoding with `options` (see `OutputLimits`)."""
+        return OutputLimits.of(self.config, options)
+
     @property
     def max_length(self) -> int:
-        return self.config.max_length or 100
+        return self.output_limits().max_length
 
     def output_limit(self, longest_source: int, max_length: int) -> int:
-        """Tokens a batch's outputs may run: `max_length`, and with the config's
-        `max_length_ratio` no more than ratio x its longest source + LENGTH_MARGIN (rounded
-        up to LIMIT_MULTIPLE). A compiled loop runs until its last row ends, so a row that
-        never produces <end> would otherwise keep the whole batch going to `max_length`."""
-        ratio = self.config.max_length_ratio
-        if ratio is None:
-            return max_length
-        limit = math.ceil(ratio * longest_source) + LENGTH_MARGIN
-        return min(max_length, -(-limit // LIMIT_MULTIPLE) * LIMIT_MULTIPLE)
+        """Tokens a batch's outputs may run, at most `max_length`, with this model's ratio:
+        `OutputLimits.for_batch`."""
+        return OutputLimits(max_length, self.config.max_length_ratio).for_batch(longest_source)
 
     @property
     def parts(self) -> InferenceParts:
@@ -158,7 +151,7 @@ class Seq2Seq:
 
         Inputs are sorted by length and decoded `options.batch_size` at a time, so that
         batches hold similar lengths; empty inputs give an empty output. Outputs stop at
-        <end> or at the batch's `output_limit`.
+        <end> or at the batch's limit (`OutputLimits.for_batch`).
         """
         return self._generate(source_ids, options or DecodingOptions(), DecodeStats())
 
@@ -172,7 +165,7 @@ class Seq2Seq:
         """`generate`, counting calls and padding in `stats`. With `limits` (one output
         limit per input), inputs are decoded in batches of one limit each, and each runs
         to its own limit instead of its batch's."""
-        max_length = options.max_length or self.max_length
+        allowed = self.output_limits(options)
         results: list[list[tuple[list[int], float]]] = [[([], float("nan"))] for _ in source_ids]
         order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
         by_limit: dict[int | None, list[int]] = {}
@@ -184,11 +177,11 @@ class Seq2Seq:
                 rows = indices[start : start + options.batch_size]
                 batch = pad([source_ids[i] for i in rows])
                 longest = max(len(source_ids[i]) for i in rows)
-                decoder = self._decoder(options, limit or self.output_limit(longest, max_length))
+                decoder = self._decoder(options, limit or allowed.for_batch(longest))
                 batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
                 stats.count(batch, sum(len(source_ids[i]) for i in rows))
                 if options.sample:
-                    seed = np.array([options.seed, number * max_length * 8], dtype="int32")
+                    seed = np.array([options.seed, number * allowed.max_length * 8], dtype="int32")
                     outputs = decoder.predict_on_batch([batch, seed])
                 else:
                     outputs = decoder.predict_on_batch(batch)
@@ -199,13 +192,13 @@ class Seq2Seq:
 
     def alone_limits(self, source_ids: Sequence[Sequence[int]], options: DecodingOptions) -> list[int]:
         """The output limit each input gets when `generate` decodes these inputs (and no
-        others): its batch's `output_limit` (0 for an empty input)."""
-        max_length = options.max_length or self.max_length
+        others): its batch's limit (0 for an empty input)."""
+        allowed = self.output_limits(options)
         limits = [0] * len(source_ids)
         order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
         for start in range(0, len(order), options.batch_size):
             rows = order[start : start + options.batch_size]
-            limit = self.output_limit(max(len(source_ids[i]) for i in rows), max_length)
+            limit = allowed.for_batch(max(len(source_ids[i]) for i in rows))
             for i in rows:
                 limits[i] = limit
         return limits
@@ -261,7 +254,7 @@ class Seq2Seq:
         size = DecodingOptions().batch_size
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            length = -(-max(len(outputs[i]) for i in rows) // LIMIT_MULTIPLE) * LIMIT_MULTIPLE
+            length = round_up(max(len(outputs[i]) for i in rows))
             key = ("forced", length)
             if key not in self._decoders:
                 self._decoders[key] = _ForcedDecoder(self.parts, length, return_attention=True)
@@ -275,19 +268,16 @@ class Seq2Seq:
         return weights
 
     def attention(self, text: str, max_length: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
-        """Greedy output for one text with its attention weights: (source tokens, output
-        tokens, weights (output tokens x source tokens)). Needs a model with attention."""
+        """The greedy output for one text, as `translate` gives it, with its attention
+        weights: (source tokens, output tokens, weights (output tokens x source tokens)),
+        through `decode`. Needs a model with attention."""
         if self.config.attention == "none":
             raise ValueError("this model has no attention (trained with --attention none)")
-        source_ids = self.encode([text])[0]
-        if not source_ids:
+        if not self.encode([text])[0]:
             raise ValueError("nothing to attend to: the input is empty")
-        decoder = GreedyDecoder(self.parts, max_length or self.max_length, return_attention=True)
-        ids, weights = decoder.predict_on_batch(pad([source_ids], length=len(source_ids)))
-        output = _until_end(ids[0])
-        source_tokens = self.source.tokenize(text)
-        target_tokens = [self.target.vocabulary.tokens[i] for i in output]
-        return source_tokens, target_tokens, np.asarray(weights)[0, : len(output), : len(source_ids)]
+        decoded = self.decode([[text]], DecodingOptions(max_length=max_length), return_attention=True)
+        output = decoded.outputs[0][0]
+        return output.source_tokens, output.target_tokens, output.attention
 
     def _decoder(self, options: DecodingOptions, max_length: int):
         key = options.decoder_key(max_length)

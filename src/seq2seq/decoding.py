@@ -11,10 +11,15 @@ shape, so the whole loop runs as one compiled program with no Python per step.
 
 `stepwise_greedy` is the textbook's loop (one call per token, batch of one), kept as the
 reference the tests compare against.
+
+`OutputLimits` says how many tokens outputs may run, for every caller that decodes: the
+API and the CLI, evaluation, the dev scores of training, the server.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
@@ -22,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from . import backend
+from .config import Config
 from .model import InferenceParts
 from .vocab import END_ID, PAD_ID, START_ID
 
@@ -308,3 +314,55 @@ class DecodingOptions:
         if self.beam > 1:
             return ("beam", max_length, self.beam, self.length_penalty, self.n_best)
         return ("greedy", max_length)
+
+
+# --- output limits ---------------------------------------------------------------------
+
+DEFAULT_MAX_LENGTH = 100  # for a config without max_length (`seq2seq train` always sets one)
+LENGTH_MARGIN = 10  # an output may run ratio x (source tokens) + LENGTH_MARGIN tokens
+LIMIT_MULTIPLE = 8  # limits are rounded up to this, so few decoders are compiled
+MIN_LENGTH_RATIO = 1.5  # the fitted ratio's floor (see default_length_ratio)
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """How many tokens a batch's outputs may run: `max_length`, and with a `ratio` no more
+    than ratio x its longest source + LENGTH_MARGIN (rounded up to LIMIT_MULTIPLE). A
+    compiled loop runs until its last row ends, so a row that never produces <end> would
+    otherwise keep the whole batch going to `max_length`.
+
+    The one place the limits are worked out: `of` for decoding, `default_max_length` and
+    `default_length_ratio` for the values training saves in the config.
+    """
+
+    max_length: int
+    ratio: float | None = None
+
+    @classmethod
+    def of(cls, config: Config, options: DecodingOptions | None = None) -> OutputLimits:
+        """The limits of a model with `config`, decoding with `options`: the options'
+        max_length over the config's (DEFAULT_MAX_LENGTH without either), the config's ratio."""
+        max_length = (options.max_length if options else None) or config.max_length or DEFAULT_MAX_LENGTH
+        return cls(max_length, config.max_length_ratio)
+
+    def for_batch(self, longest_source: int) -> int:
+        """The limit of a batch whose longest source has `longest_source` tokens."""
+        if self.ratio is None:
+            return self.max_length
+        return min(self.max_length, round_up(math.ceil(self.ratio * longest_source) + LENGTH_MARGIN))
+
+
+def round_up(length: int, multiple: int = LIMIT_MULTIPLE) -> int:
+    return -(-length // multiple) * multiple
+
+
+def default_max_length(longest_target: int) -> int:
+    """Generation limit: half again the longest training target, plus a little."""
+    return int(longest_target * 1.5) + 5
+
+
+def default_length_ratio(lengths: Sequence[tuple[int, int]]) -> float:
+    """Output tokens per source token (see `OutputLimits`) within which every training
+    target fits, given (source, target) token counts, and at least MIN_LENGTH_RATIO: an
+    output that has not ended by then is almost surely repeating itself."""
+    return max([MIN_LENGTH_RATIO] + [(target - LENGTH_MARGIN) / max(1, source) for source, target in lengths])

@@ -111,6 +111,6 @@ def evaluate(
     scores.settings = {
         "decoding": "sampling" if options.sample else f"beam {options.beam}" if options.beam > 1 else "greedy",
         "length_penalty": options.length_penalty if options.beam > 1 else None,
-        "max_length": options.max_length or system.max_length,
+        "max_length": system.output_limits(options).max_length,
     }
     return scores, hypotheses

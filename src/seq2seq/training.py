@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 from . import backend
-from .api import LENGTH_MARGIN, Seq2Seq
+from .api import Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
     DevScores,
@@ -26,6 +26,7 @@ from .callbacks import (
 )
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
+from .decoding import default_length_ratio, default_max_length
 from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR
 from .losses import MaskedAccuracy, MaskedCrossEntropy
 from .model import build_model
@@ -82,23 +83,9 @@ def fit_codecs(config: Config, pairs: list[Pair]) -> tuple[Codec, Codec]:
     return codecs[0], codecs[1]
 
 
-MIN_LENGTH_RATIO = 1.5  # the default ratio's floor (see default_length_ratio)
-
-
-def default_max_length(longest_target: int) -> int:
-    """Generation limit: half again the longest training target, plus a little."""
-    return int(longest_target * 1.5) + 5
-
-
-def default_length_ratio(lengths: list[tuple[int, int]]) -> float:
-    """Output tokens per source token (see `api.output_limit`) within which every training
-    target fits, given (source, target) token counts, and at least MIN_LENGTH_RATIO: an
-    output that has not ended by then is almost surely repeating itself."""
-    return max([MIN_LENGTH_RATIO] + [(target - LENGTH_MARGIN) / max(1, source) for source, target in lengths])
-
-
 def with_decoding_limits(config: Config, source: Codec, target: Codec, pairs: list[Pair]) -> Config:
-    """`config` with the output limits it leaves unset taken from the training pairs."""
+    """`config` with the output limits it leaves unset taken from the training pairs (see
+    decoding.OutputLimits)."""
     if config.max_length and config.max_length_ratio:
         return config
     lengths = [(len(source.tokenize(p.source)), len(target.tokenize(p.target))) for p in pairs]
