@@ -27,7 +27,7 @@ from .batches import pad
 from .config import Config
 from .decoding import LENGTH_MARGIN, DecodingOptions, GreedyDecoder, OutputLimits, round_up  # noqa: F401 (cli)
 from .errors import UserError
-from .files import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE  # noqa: F401
+from .files import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE, save_model  # noqa: F401
 from .model import InferenceParts, inference_parts
 from .vocab import END_ID, PAD_ID, Codec
 
@@ -109,7 +109,7 @@ class Seq2Seq:
         self.source.save(model_dir / SOURCE_VOCAB_FILE)
         self.target.save(model_dir / TARGET_VOCAB_FILE)
         with backend.tensorflow_not_imported():
-            self.model.save(model_dir / MODEL_FILE)
+            save_model(self.model, model_dir / MODEL_FILE)
 
     def output_limits(self, options: DecodingOptions | None = None) -> OutputLimits:
         """How long outputs may run when decoding with `options` (see `OutputLimits`)."""

@@ -15,6 +15,7 @@ import sacrebleu
 from .batches import PairBatches
 from .data import Pair
 from .decoding import DecodingOptions
+from .files import write_atomic
 
 if TYPE_CHECKING:
     from .api import Seq2Seq
@@ -37,7 +38,7 @@ class Scores:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> str:
         rows = [

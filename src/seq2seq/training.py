@@ -17,7 +17,9 @@ from . import backend
 from .api import Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
+    BestModelCheckpoint,
     DevScores,
+    HistoryLogger,
     LinearDecay,
     ReleaseFreedMemory,
     TrainingCheckpoint,
@@ -27,7 +29,7 @@ from .callbacks import (
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
 from .decoding import default_length_ratio, default_max_length
-from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR
+from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, atomic_path
 from .losses import MaskedAccuracy, MaskedCrossEntropy
 from .model import build_model
 from .vocab import Codec, SubwordTokenizer, Tokenizer, make_tokenizer
@@ -150,10 +152,13 @@ def train(
         model = build_model(config, len(source), len(target))
         compile_model(model, config)
     system = Seq2Seq(config, source, target, model)
+    # a previous run's checkpoint goes first (its state.json, which --resume looks for, before
+    # the rest), so that a kill while the new files are written leaves nothing to resume wrongly
+    (model_dir / CHECKPOINT_DIR / CHECKPOINT_STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
+    (model_dir / HISTORY_FILE).unlink(missing_ok=True)
     system.save(model_dir)
     split.save(model_dir / SPLIT_DIR)
-    (model_dir / HISTORY_FILE).unlink(missing_ok=True)
-    shutil.rmtree(model_dir / CHECKPOINT_DIR, ignore_errors=True)
     _log(
         f"pairs: {len(split.train)} train, {len(split.dev)} dev, {len(split.test)} test; "
         f"vocabulary: {len(source)} source, {len(target)} target {config.level} tokens; "
@@ -220,9 +225,7 @@ def _fit(
         dev_batches = PairBatches.from_pairs(system.source, system.target, split.dev, shuffle=False, **batching)
     monitor, mode = monitored(config) if split.dev else ("loss", "min")
     stateful: dict[str, keras.callbacks.Callback] = {
-        "best_model": keras.callbacks.ModelCheckpoint(
-            str(model_dir / MODEL_FILE), monitor=monitor, mode=mode, save_best_only=True
-        )
+        "best_model": BestModelCheckpoint(str(model_dir / MODEL_FILE), monitor=monitor, mode=mode, save_best_only=True)
     }
     if config.lr_patience and config.lr_decay == "none":  # a schedule replaces the plateau rule
         stateful["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
@@ -240,7 +243,7 @@ def _fit(
         callbacks.append(DevScores(system, split.dev, config.dev_bleu_sentences, seed=config.seed))
     callbacks += [
         *stateful.values(),
-        keras.callbacks.CSVLogger(str(model_dir / HISTORY_FILE), append=True),
+        HistoryLogger(str(model_dir / HISTORY_FILE), append=True),
         TrainingCheckpoint(model_dir / CHECKPOINT_DIR, stateful, restore=restore),
         *(extra_callbacks or []),
     ]
@@ -273,7 +276,7 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         rows = list(csv.reader(f))
     if rows:
         kept = [rows[0], *(row for row in rows[1:] if int(row[0]) < epochs_done)]
-        with path.open("w", newline="") as f:
+        with atomic_path(path) as temporary, temporary.open("w", newline="") as f:
             csv.writer(f).writerows(kept)
 
 
