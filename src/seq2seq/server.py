@@ -14,7 +14,9 @@ length buckets by `Seq2Seq.decode`. Each request gets what `Seq2Seq.n_best` give
 texts alone (`Seq2Seq.decode` keeps each input's own output limit; sampled requests are
 never merged, as a draw depends on its batch and row).
 
-Errors have one shape, `{"error": {"code", "message", "param"}}`, never with status 200.
+Errors have one shape, `{"error": {"code", "message", "param"}}`, never with status 200;
+the OpenAPI document (/openapi.json) states it, the answers and the limits. A body over
+`max_body_bytes` is 413 unread, one that has not all come within `body_timeout_s` 408.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -65,18 +67,23 @@ class ServerSettings:
     max_body_bytes: int = 1_000_000
     max_beam: int = 8
     max_n_best: int = 8
+    # each sampling setting (temperature, top_k, top_p) compiles decoders of its own (seconds
+    # each, in the one decoding thread) that stay in memory: past this many, a new one is 422
+    max_sampling_settings: int = 32
     max_queue: int = 1024  # texts waiting to be decoded; past it, 429
     batch_window_ms: float = 5.0  # 0: no merging, one request per decode call
     max_batch_sentences: int = 64
     max_batch_tokens: int = 8192  # source tokens in one decode call
     timeout_s: float = 30.0  # a request's deadline, queueing and decoding
+    body_timeout_s: float = 5.0  # a request's body must arrive within this; past it, 408
     warmup: bool = True
     warmup_max_length: int = 48  # compile for sources up to this many tokens (and the training data's longest)
     source_lang: str = "src"  # codes for the LibreTranslate-compatible endpoints
     target_lang: str = "tgt"
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_texts", "max_chars", "max_body_bytes", "max_beam", "max_n_best", "max_queue"):
+        names = ("port", "max_texts", "max_chars", "max_body_bytes", "max_beam", "max_n_best", "max_queue")
+        for name in (*names, "max_sampling_settings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_sentences", "max_batch_tokens", "warmup_max_length"):
@@ -84,12 +91,15 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0 or not self.timeout_s > 0:
             raise ValueError("batch_window_ms must be at least 0 and timeout_s positive")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be positive, got {self.body_timeout_s}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("the API key must not be empty")
 
     def limits(self) -> dict[str, Any]:
-        names = ("max_texts", "max_chars", "max_body_bytes", "max_beam", "max_n_best", "max_queue")
-        names += ("batch_window_ms", "max_batch_sentences", "max_batch_tokens", "timeout_s")
+        names = ("max_texts", "max_chars", "max_body_bytes", "body_timeout_s", "max_beam", "max_n_best")
+        names += ("max_sampling_settings", "max_queue", "batch_window_ms", "max_batch_sentences", "max_batch_tokens")
+        names += ("timeout_s",)
         return {name: getattr(self, name) for name in names}
 
 
@@ -104,8 +114,16 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, param: str | None = None, headers=None) -> JSONResponse:
+    # a message or param may quote the request (a field's name), and JSON may carry lone
+    # surrogates ("\ud800") that UTF-8 cannot: they become "?"
+    message, param = _unicode(message), None if param is None else _unicode(param)
     body = {"error": {"code": code, "message": message, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _unicode(text: str) -> str:
+    """`text` with each lone surrogate (not encodable in UTF-8) replaced by "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 # ---------------------------------------------------------------------------- batching
@@ -215,7 +233,7 @@ class Batcher:
         try:
             # on a timeout wait_for cancels the future, so the batcher skips the request
             return await asyncio.wait_for(job.future, timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             raise DeadlineExceeded(f"no answer within {timeout_s:g} s") from None
 
     async def close(self) -> None:
@@ -254,7 +272,7 @@ class Batcher:
                 and self._waiting(head.key) < self.max_sentences
             ):
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), head.arrived + self.window_s - loop.time())
             batch = await self._live(self._take(head.key))
             if batch:
@@ -367,10 +385,14 @@ class Metrics:
 
 class _Asgi:
     """Pure ASGI middleware (Starlette's BaseHTTPMiddleware would wrap `receive` and hide
-    a client's disconnect from the batcher)."""
+    a client's disconnect from the batcher). It reads each request's body before the app
+    sees it: over `max_body_bytes` (declared or sent) is 413 without reading the rest, not
+    all of it within `body_timeout_s` is 408 (uvicorn has no such timeout: a client that
+    stops sending would hold its request forever); both close the connection."""
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, body_timeout_s: float = 5.0) -> None:
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -393,18 +415,16 @@ class _Asgi:
             await send(message)
 
         try:
-            body = await self._body(scope, receive)
-            if body is None:
-                response = error_response(
-                    413,
-                    "body_too_large",
-                    f"the body is over {self.max_body_bytes} bytes",
-                    None,
-                    {"Connection": "close"},
-                )
+            try:
+                body = await self._body(scope, receive)
+            except ApiError as error:  # the rest of the body is not read: the connection closes
+                response = error_response(error.status, error.code, error.message, None, {"Connection": "close"})
                 await response(scope, receive, send_with_headers)
-                if self.metrics:
-                    self.metrics.rejections.labels("body_too_large").inc()
+                self.metrics.rejections.labels(error.code).inc()
+                return
+            if body is None:  # the client left while sending: no one to answer
+                status = 499
+                self.metrics.rejections.labels("disconnected").inc()
                 return
             await self.app(scope, _replay(body, receive), send_with_headers)
         finally:
@@ -412,19 +432,28 @@ class _Asgi:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
     async def _body(self, scope, receive) -> bytes | None:
-        """The request's body, or None when it is larger than allowed."""
+        """The request's body, or None when the client disconnected before sending all of
+        it; `ApiError` 413 when it is (or is declared) larger than allowed, 408 when it did
+        not all arrive within `body_timeout_s`."""
+        too_large = ApiError(413, "body_too_large", f"the body is over {self.max_body_bytes} bytes")
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
+            raise too_large
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
+                message = f"the body did not arrive within {self.body_timeout_s:g} s ({size} bytes came)"
+                raise ApiError(408, "body_timeout", message) from None
             if message["type"] != "http.request":  # disconnected while sending
-                break
+                return None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
-                return None
+                raise too_large
             more = message.get("more_body", False)
         return b"".join(chunks)
 
@@ -446,14 +475,23 @@ def _replay(body: bytes, receive):
 # ---------------------------------------------------------------------------- requests
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema counts 1.0 as an integer (and clients may write one): take it as 1; not
+    1.5, "1" or true, which strict validation refuses."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_whole)]
+
+
 class SampleIn(BaseModel):
     """Sampling instead of greedy decoding or beam search."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     temperature: float = Field(1.0, gt=0, le=100)
-    top_k: int | None = Field(None, ge=1)
+    top_k: Integer | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int = Field(0, ge=0, lt=2**31)
+    seed: Integer = Field(0, ge=0, lt=2**31)
 
 
 class TranslateIn(BaseModel):
@@ -461,9 +499,11 @@ class TranslateIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     q: str | list[str] = Field(description="a text (one result) or a list of texts (a list of results)")
-    beam: int = Field(1, ge=1, description="beam size; 1: greedy")
-    n_best: int = Field(1, ge=1, description="hypotheses per text, at most the beam size")
-    sample: SampleIn | None = None
+    beam: Integer = Field(1, ge=1, description="beam size; 1: greedy")
+    n_best: Integer = Field(1, ge=1, description="hypotheses per text, at most the beam size")
+    sample: SampleIn | None = Field(
+        None, description="sample instead, with beam 1 only; a server takes max_sampling_settings settings at most"
+    )
     return_attention: bool = False
     return_tokens: bool = False
 
@@ -471,13 +511,122 @@ class TranslateIn(BaseModel):
 class LibreTranslateIn(BaseModel):
     """`POST /translate`, as LibreTranslate takes it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # strict: "alternatives": "2" is refused as documented
     q: str | list[str]
     source: str = "auto"
     target: str
     format: str = "text"
-    alternatives: int = Field(0, ge=0)
+    alternatives: Integer = Field(0, ge=0)
     api_key: str | None = None
+
+
+# ---------------------------------------------------------------------------- answers, as documented
+# What the OpenAPI document says each answer holds (the routes return dicts; these are not
+# applied to them, but the fuzzing test checks every answer against them).
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Answer):
+    code: str = Field(description="what went wrong: malformed_json, invalid_field, queue_full, ...")
+    message: str
+    param: str | None = Field(description="the request field at fault, dotted (q.1, sample.top_k), or null")
+
+
+class ErrorOut(_Answer):
+    """Every error, with a status of 400 or more."""
+
+    error: ErrorDetail
+
+
+class HypothesisOut(_Answer):
+    text: str
+    score: float | None = Field(description="log-probability; null for greedy decoding")
+
+
+class TokensOut(_Answer):
+    source: list[str]
+    target: list[str]
+
+
+class TranslationOut(_Answer):
+    text: str
+    score: float | None = Field(description="log-probability; null for greedy decoding")
+    n_best: list[HypothesisOut]
+    tokens: TokensOut | None = Field(None, description="with return_tokens or return_attention")
+    attention: list[list[float]] | None = Field(None, description="with return_attention: a row per target token")
+
+
+class TimingOut(_Answer):
+    queue_ms: float
+    decode_ms: float
+    batch_size: int = Field(description="texts in the decode call this request was part of")
+
+
+class TranslateOut(_Answer):
+    translations: TranslationOut | list[TranslationOut] = Field(description="one per text; a list when q is")
+    timing: TimingOut
+
+
+class DetectedOut(_Answer):
+    confidence: float
+    language: str
+
+
+class LibreTranslateOut(_Answer):
+    translatedText: str | list[str]
+    alternatives: list[str] | list[list[str]] | None = None
+    detectedLanguage: DetectedOut | list[DetectedOut] | None = None
+
+
+class LanguageOut(_Answer):
+    code: str
+    name: str
+    targets: list[str]
+
+
+class StatusOut(_Answer):
+    status: str
+    warmup_s: float | None = None
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
+_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"description": "malformed_json: the body is not a JSON object; unsupported_language (/translate)"},
+    401: {"description": "unauthorized: the server has an API key and the request no valid one"},
+    408: {"description": "body_timeout: the body did not all arrive within body_timeout_s"},
+    413: {"description": "body_too_large: the body is over max_body_bytes"},
+    422: {"description": "invalid_field: a field missing, of the wrong type, or past a limit; param names it"},
+    429: {"description": "queue_full: too many texts wait to be decoded", "headers": _RETRY_AFTER},
+    503: {"description": "not_ready (warming up) or shutting_down", "headers": _RETRY_AFTER},
+    504: {"description": "deadline_exceeded: not answered within timeout_s"},
+}
+
+
+def _answers(model: Any, *errors: int) -> dict[int | str, dict[str, Any]]:
+    """The documented answers of a route: `model` with 200, `errors` in the one error shape."""
+    answers: dict[int | str, dict[str, Any]] = {} if model is None else {200: {"model": model}}
+    return answers | {status: {**_ERRORS[status], "model": ErrorOut} for status in errors}
+
+
+def _document_limits(schemas: dict[str, Any], settings: ServerSettings) -> None:
+    """Write the limits of `settings` into the request schemas of the OpenAPI document, so
+    that what it allows is what the server takes; but for n_best <= beam, sampling only
+    without beam search and at most max_sampling_settings sampling settings, which JSON
+    Schema cannot say (the descriptions do)."""
+    text = {"type": "string", "maxLength": settings.max_chars}
+    q = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}]}
+    translate = schemas["TranslateIn"]["properties"]
+    translate["q"] |= q
+    translate["beam"]["maximum"] = settings.max_beam
+    translate["n_best"]["maximum"] = min(settings.max_n_best, settings.max_beam)
+    libre = schemas["LibreTranslateIn"]["properties"]
+    libre["q"] |= q
+    libre["alternatives"]["maximum"] = min(settings.max_beam, settings.max_n_best) - 1
+    libre["source"]["enum"] = ["auto", settings.source_lang]
+    libre["target"]["enum"] = [settings.target_lang]
 
 
 def _finite(score: float) -> float | None:
@@ -499,6 +648,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
     system = system or Seq2Seq.load(model_dir)
     metrics = Metrics()
     state: dict[str, Any] = {"ready": False, "warmup_s": None}
+    sampling_settings: set[tuple] = set()  # (temperature, top_k, top_p) of the sampled requests taken
 
     def decode(groups: list[list[str]], key: tuple, return_attention: bool):
         return system.decode(groups, key[0], return_attention)
@@ -559,14 +709,16 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             return error_response(400, "malformed_json", f"the body is not valid JSON: {first.get('msg', '')}")
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         if not location and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
-            return error_response(400, "malformed_json", "the body must be a JSON object")
+            return error_response(400, "malformed_json", "the body must be a JSON object (application/json)")
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in problems)
         return error_response(422, "invalid_field", message, ".".join(location) or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
-        return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(error.detail))
+        # 400: FastAPI's "There was an error parsing the body" (a JSON body not in UTF-8)
+        codes = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+        message = "the body is not JSON in UTF-8, or nests too deeply" if error.status_code == 400 else error.detail
+        return error_response(error.status_code, codes.get(error.status_code, "http_error"), str(message))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, error: Exception) -> JSONResponse:
@@ -578,9 +730,21 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             return
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("api_key", "")
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        if not same_key(given):
             metrics.rejections.labels("unauthorized").inc()
             raise ApiError(401, "unauthorized", "a valid API key is needed", None, {"WWW-Authenticate": "Bearer"})
+
+    async def require_key(request: Request) -> None:
+        """`authorize` as an async dependency: FastAPI runs a plain `def` dependency in its
+        thread pool, and that hand-off took about half of the event loop's busy time under
+        32 concurrent clients."""
+        authorize(request)
+
+    def same_key(given: str) -> bool:
+        """Constant-time; "surrogatepass": a key in JSON may hold lone surrogates."""
+        assert settings.api_key is not None
+        encoded = settings.api_key.encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), encoded)
 
     def options_for(beam: int, n_best: int, sample: SampleIn | None) -> DecodingOptions:
         if beam > settings.max_beam:
@@ -607,16 +771,27 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         if len(texts) > settings.max_texts:
             raise ApiError(422, "invalid_field", f"at most {settings.max_texts} texts, got {len(texts)}", "q")
         for i, text in enumerate(texts):
+            param = "q" if isinstance(q, str) else f"q.{i}"
             if len(text) > settings.max_chars:
-                param = "q" if isinstance(q, str) else f"q.{i}"
                 message = f"a text is at most {settings.max_chars} characters, got {len(text)}"
                 raise ApiError(422, "invalid_field", message, param)
+            if _unicode(text) != text:  # its tokens could not be answered in UTF-8
+                raise ApiError(422, "invalid_field", "a text holds a lone surrogate (\\ud800 to \\udfff)", param)
         return texts
 
     async def run(request: Request, texts: list[str], options: DecodingOptions, attention: bool) -> BatchResult:
         if not state["ready"]:
             metrics.rejections.labels("not_ready").inc()
             raise ApiError(503, "not_ready", "the model is warming up", None, {"Retry-After": "1"})
+        if options.sample:
+            setting = (options.temperature, options.top_k, options.top_p)
+            if setting not in sampling_settings and len(sampling_settings) >= settings.max_sampling_settings:
+                message = (
+                    f"this server compiles decoders for each sampling setting (temperature, top_k, top_p) and has "
+                    f"{len(sampling_settings)}, its most: use one of those"
+                )
+                raise ApiError(422, "invalid_field", message, "sample")
+            sampling_settings.add(setting)
         # a sampled request is never merged: its draws depend on its batch and row
         key = (options, object()) if options.sample else (options,)
         tokens = sum(len(ids) for ids in system.encode(texts))
@@ -634,7 +809,15 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         except NotRunning as error:
             raise ApiError(503, "shutting_down", str(error), None, {"Retry-After": "1"}) from None
 
-    @app.post("/v1/translate", dependencies=[Depends(authorize)], summary="Translate one text or a list")
+    body_errors = (400, 401, 408, 413, 422, 429, 503, 504)
+
+    @app.post(
+        "/v1/translate",
+        dependencies=[Depends(require_key)],
+        summary="Translate one text or a list",
+        response_model=None,
+        responses=_answers(TranslateOut, *body_errors),
+    )
     async def translate(body: TranslateIn, request: Request) -> dict:
         texts = texts_of(body.q)
         options = options_for(body.beam, body.n_best, body.sample)
@@ -661,12 +844,16 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         return {"translations": translations[0] if isinstance(body.q, str) else translations, "timing": timing}
 
     def libre_authorize(request: Request, body: LibreTranslateIn) -> None:
-        key = settings.api_key
-        if key is not None and body.api_key is not None and hmac.compare_digest(body.api_key.encode(), key.encode()):
+        if settings.api_key is not None and body.api_key is not None and same_key(body.api_key):
             return  # LibreTranslate's clients send the key in the body
         authorize(request)
 
-    @app.post("/translate", summary="LibreTranslate-compatible translation")
+    @app.post(
+        "/translate",
+        summary="LibreTranslate-compatible translation",
+        response_model=None,
+        responses=_answers(LibreTranslateOut, *body_errors),
+    )
     async def libretranslate(body: LibreTranslateIn, request: Request) -> dict:
         libre_authorize(request, body)
         if body.source not in ("auto", settings.source_lang):
@@ -687,11 +874,22 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             answer["detectedLanguage"] = detected if isinstance(body.q, str) else [detected] * len(texts)
         return answer
 
-    @app.get("/languages", dependencies=[Depends(authorize)], summary="LibreTranslate-compatible languages")
+    @app.get(
+        "/languages",
+        dependencies=[Depends(require_key)],
+        summary="LibreTranslate-compatible languages",
+        response_model=None,
+        responses=_answers(list[LanguageOut], 401),
+    )
     async def languages() -> list:
         return [{"code": settings.source_lang, "name": settings.source_lang, "targets": [settings.target_lang]}]
 
-    @app.get("/v1/info", dependencies=[Depends(authorize)], summary="The model, its scores and the limits")
+    @app.get(
+        "/v1/info",
+        dependencies=[Depends(require_key)],
+        summary="The model, its scores and the limits",
+        responses=_answers(None, 401),
+    )
     async def info() -> dict:
         import keras
 
@@ -715,17 +913,22 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             "auth": settings.api_key is not None,
         }
 
-    @app.get("/healthz", summary="Alive")
+    @app.get("/healthz", summary="Alive", response_model=None, responses=_answers(StatusOut))
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Ready: 503 until the decoders are compiled")
+    @app.get(
+        "/readyz",
+        summary="Ready: 503 until the decoders are compiled",
+        response_model=None,
+        responses=_answers(StatusOut, 503),
+    )
     async def readyz() -> dict:
         if not state["ready"]:
             raise ApiError(503, "not_ready", "the model is warming up", None, {"Retry-After": "1"})
         return {"status": "ready", "warmup_s": state["warmup_s"]}
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -737,6 +940,12 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
     async def docs() -> FileResponse:
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document_limits(FastAPI.openapi(app)["components"]["schemas"], settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if settings.cors_origins:
         app.add_middleware(
@@ -745,7 +954,9 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(_Asgi, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        _Asgi, metrics=metrics, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+    )
     return app
 
 
