@@ -54,7 +54,11 @@ def test_lowercase_is_honoured_at_every_level_and_saved(level, tmp_path):
     assert codec.encode("HOLA tom") == codec.encode("hola tom") and UNK_ID not in codec.encode("HOLA tom")
     codec.save(tmp_path / "v.json")
     loaded = Codec.load(tmp_path / "v.json")
-    assert loaded.tokenizer.to_dict() == {"kind": level, "lowercase": True}
+    assert loaded.tokenizer.to_dict() == {
+        "kind": level,
+        "lowercase": True,
+        **({"marks": True} if level == "word" else {}),
+    }
     assert loaded.encode("Adiós") == codec.encode("adiós")
     assert make_tokenizer(level).tokenize("Tom") != make_tokenizer(level, lowercase=True).tokenize("Tom")
 
@@ -103,7 +107,7 @@ def test_codec_round_trip_through_json(tmp_path):
     codec.save(tmp_path / "v.json")
     loaded = Codec.load(tmp_path / "v.json")
     assert loaded.vocabulary.tokens == codec.vocabulary.tokens
-    assert loaded.tokenizer.to_dict() == {"kind": "word", "lowercase": True}
+    assert loaded.tokenizer.to_dict() == {"kind": "word", "lowercase": True, "marks": True}
     ids = loaded.encode("Hola, mundo cruel.")
     assert ids[-2] == UNK_ID
     assert loaded.decode([*ids, END_ID]) == "hola, mundo <unk>."

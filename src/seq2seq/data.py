@@ -13,7 +13,7 @@ import random
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +23,16 @@ from .files import atomic_path
 
 BUILTIN_PREFIX = "builtin:"
 
-# Spaces that look like spaces but are not U+0020 (no-break, narrow no-break, thin, ...).
-_ODD_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\t\x0b\x0c]")
+# Runs of whitespace (str.isspace): spaces that are not U+0020 (no-break, narrow no-break,
+# thin, ...), tabs, line and paragraph separators, NEL, the ASCII separators \x1c-\x1f.
+_WHITESPACE = re.compile(r"\s+")
 # Invisible characters: zero-width space/joiners, word joiner, byte-order mark.
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
-_RUNS_OF_SPACES = re.compile(" {2,}")
+# Lone surrogates: bytes that were not UTF-8, kept by errors="surrogateescape" (os.fsdecode,
+# sys.argv); such text cannot be written as UTF-8 (nor given to SentencePiece).
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Byte-order marks of UTF-16 (and UTF-32: its little-endian mark starts with UTF-16's).
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,25 @@ class DataError(UserError, ValueError):
 
 
 def normalize(text: str) -> str:
-    """Unicode NFC, odd spaces made plain, invisible characters removed, spaces collapsed."""
-    text = unicodedata.normalize("NFC", text)
+    """Text as vocabularies see it: lone surrogates (undecodable bytes kept by
+    errors="surrogateescape") made U+FFFD, invisible characters (zero-width space and
+    joiners, word joiner, byte-order mark) removed, every run of whitespace (odd spaces,
+    tabs, line separators) made one plain space, none at either end, Unicode NFC.
+
+    The result is NFC, encodes as UTF-8, holds no whitespace but single U+0020 spaces
+    between other characters, and is its own normalisation.
+    """
+    text = _SURROGATES.sub("\ufffd", text)
     text = _ZERO_WIDTH.sub("", text)
-    text = _ODD_SPACES.sub(" ", text)
-    return _RUNS_OF_SPACES.sub(" ", text).strip()
+    text = _WHITESPACE.sub(" ", text).strip(" ")
+    # last: removing an invisible character can bring a letter and its accent together
+    return unicodedata.normalize("NFC", text)
 
 
 def parse_line(raw: bytes, path: str | Path, line: int) -> Pair | None:
     """One line of a pair file as a Pair; None for a blank line; DataError if malformed."""
+    if b"\x00" in raw:  # UTF-8 text has none; UTF-16 text and binary files do
+        raise DataError(path, line, f"a NUL byte (byte {raw.index(0)}): a binary or UTF-16 file? Pair files are UTF-8")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -82,17 +97,29 @@ def read_pairs(
     """Read a pair file. Malformed lines stop with DataError if `strict`, else are skipped.
 
     Skipped lines are reported through `report` (stderr by default): the first few by
-    file and line, then a count.
+    file and line, then a count. Lines end at LF, CRLF or a lone CR; a UTF-8 byte-order
+    mark at the start is ignored, a UTF-16 one is an error.
     """
+    return [pair for _, pair in read_numbered_pairs(path, strict, report)]
+
+
+def read_numbered_pairs(
+    path: str | Path,
+    strict: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> list[tuple[int, Pair]]:
+    """`read_pairs`, each pair with its line number, for messages about it."""
     report = report or _to_stderr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such pair file")
-    pairs: list[Pair] = []
+    pairs: list[tuple[int, Pair]] = []
     skipped: list[DataError] = []
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
+    with path.open("rb") as file:
+        for number, raw in enumerate(_lines(file), start=1):
             if number == 1:
+                if raw.startswith(_UTF16_BOMS):
+                    raise DataError(path, 1, "a UTF-16 byte-order mark: the file is UTF-16; convert it to UTF-8")
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
                 pair = parse_line(raw, path, number)
@@ -102,7 +129,7 @@ def read_pairs(
                 skipped.append(error)
                 continue
             if pair is not None:
-                pairs.append(pair)
+                pairs.append((number, pair))
     if skipped:
         for error in skipped[:5]:
             report(f"skipped {error}")
@@ -111,6 +138,18 @@ def read_pairs(
     if not pairs:
         raise DataError(path, None, "no usable pairs in the file")
     return pairs
+
+
+def _lines(file: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a file opened in binary mode, without their ends. A line ends at LF,
+    CRLF or a lone CR (old Mac files, or a mix), as Python's universal newlines count them:
+    a CR-only file is not one long line whose CRs end up inside the target texts."""
+    for raw in file:  # split at LF only
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if b"\r" in raw:
+            yield from raw.split(b"\r")
+        else:
+            yield raw
 
 
 def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:

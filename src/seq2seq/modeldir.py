@@ -43,7 +43,7 @@ CODE_LAYERS = {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLay
 # What a vocabulary file's tokenizer may hold, by kind (vocab.Codec.save writes them).
 TOKENIZER_KEYS = {
     "char": {"kind", "lowercase"},
-    "word": {"kind", "lowercase"},
+    "word": {"kind", "lowercase", "marks"},
     "subword": {"kind", "lowercase", "model_file"},
 }
 
@@ -100,8 +100,9 @@ def check_vocabulary(path: str | Path, level: str | None = None) -> None:
         raise refuse(f"tokenizer.kind: {kind!r}, but config.json's level is {level!r}")
     required = {"kind", "model_file"} if kind == "subword" else {"kind"}
     _check_keys(tokenizer, TOKENIZER_KEYS[kind], required, "tokenizer.", refuse)
-    if not isinstance(tokenizer.get("lowercase", False), bool):
-        raise refuse(f"tokenizer.lowercase: expected true or false, got {tokenizer['lowercase']!r}")
+    for flag in ("lowercase", "marks"):
+        if not isinstance(tokenizer.get(flag, False), bool):
+            raise refuse(f"tokenizer.{flag}: expected true or false, got {tokenizer[flag]!r}")
     if kind == "subword":
         name = tokenizer["model_file"]
         if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:

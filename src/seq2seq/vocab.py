@@ -10,14 +10,16 @@ Every vocabulary starts with the same four special tokens, so their ids are fixe
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .data import normalize
+from .data import _SURROGATES, normalize
 from .files import write_atomic
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -52,24 +54,62 @@ class CharTokenizer:
         return {"kind": "char", "lowercase": self.lowercase}
 
 
+def _combining_marks(*planes: int) -> str:
+    """A regular expression's character class (without brackets) of the combining marks
+    (Unicode categories Mn, Mc, Me) of these planes: Python's `\\w` holds none of them."""
+    codes = itertools.chain.from_iterable(range(plane << 16, (plane + 1) << 16) for plane in planes)
+    marks = [c for c in codes if unicodedata.category(chr(c))[0] == "M"]
+    ranges = []
+    for _, run in itertools.groupby(enumerate(marks), lambda item: item[1] - item[0]):
+        run = [c for _, c in run]
+        ranges.append(re.escape(chr(run[0])) + ("-" + re.escape(chr(run[-1])) if len(run) > 1 else ""))
+    return "".join(ranges)
+
+
+# Marks lie in planes 0, 1 and 14 (a test checks the others). Python's re matches a class
+# of characters below U+10000 against a bitmap, but one reaching above through its ranges,
+# one by one: tokenizing took 3-4 times as long with it. So text with no character above
+# U+FFFF (most text) is tokenized with the marks of plane 0 only.
+BMP_COMBINING_MARKS = _combining_marks(0)
+COMBINING_MARKS = BMP_COMBINING_MARKS + _combining_marks(1, 14)
+
+
 class WordTokenizer:
     """Words (with inner hyphens and apostrophes: "don't", "twenty-one") and single
-    punctuation marks are tokens: "¿Qué hora es?" -> ["¿", "Qué", "hora", "es", "?"].
+    punctuation marks are tokens: "¿Qué hora es?" -> ["¿", "Qué", "hora", "es", "?"]. A
+    combining mark belongs to the token before it: "हिन्दी" (vowel signs, virama) is one
+    word, "❤️" (a variation selector) one token.
 
     `detokenize` puts the spaces back by rule: none before closing punctuation, none after
-    opening punctuation. It inverts `tokenize` on ordinary sentences.
+    opening punctuation. It inverts `tokenize` on ordinary sentences (words and numbers
+    separated by single spaces, punctuation placed by those rules), and on any text
+    `tokenize(detokenize(tokenize(text))) == tokenize(text)`.
+
+    `marks=False` splits words at combining marks, each mark a token, as vocabularies saved
+    before `marks` existed did (Codec.load reads them so).
     """
 
-    _TOKEN = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
+    _TOKEN = re.compile(
+        rf"[\w{COMBINING_MARKS}]+(?:[-'’][\w{COMBINING_MARKS}]+)*|[^\w\s{COMBINING_MARKS}][{COMBINING_MARKS}]*"
+    )
+    _BMP_TOKEN = re.compile(
+        rf"[\w{BMP_COMBINING_MARKS}]+(?:[-'’][\w{BMP_COMBINING_MARKS}]+)*|[^\w\s{BMP_COMBINING_MARKS}][{BMP_COMBINING_MARKS}]*"
+    )
+    _TOKEN_SPLITTING_MARKS = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
     _NO_SPACE_BEFORE = set(".,!?;:%)]}»”…")
     _NO_SPACE_AFTER = set("¿¡([{«“$")
 
-    def __init__(self, lowercase: bool = False) -> None:
+    def __init__(self, lowercase: bool = False, marks: bool = True) -> None:
         self.lowercase = lowercase
+        self.marks = marks
 
     def tokenize(self, text: str) -> list[str]:
         if self.lowercase:
             text = text.lower()
+        if not self.marks:
+            return self._TOKEN_SPLITTING_MARKS.findall(text)
+        if text.isascii() or max(text) < "\U00010000":
+            return self._BMP_TOKEN.findall(text)
         return self._TOKEN.findall(text)
 
     def detokenize(self, tokens: Sequence[str]) -> str:
@@ -84,6 +124,8 @@ class WordTokenizer:
             else:
                 glue = token in self._NO_SPACE_BEFORE
                 after = token in self._NO_SPACE_AFTER
+            if self.marks and unicodedata.category(token[0])[0] == "M":
+                glue = glue_next = False  # glued on, it would belong to the token before
             if out and not (glue or glue_next):
                 out.append(" ")
             out.append(token)
@@ -91,7 +133,7 @@ class WordTokenizer:
         return "".join(out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "word", "lowercase": self.lowercase}
+        return {"kind": "word", "lowercase": self.lowercase, "marks": self.marks}
 
 
 class SubwordTokenizer:
@@ -132,6 +174,7 @@ class SubwordTokenizer:
         return cls(model.getvalue(), lowercase=lowercase)
 
     def tokenize(self, text: str) -> list[str]:
+        text = _SURROGATES.sub("\ufffd", text)  # SentencePiece takes UTF-8 only (a Codec normalises them away)
         return self.processor.encode(text.lower() if self.lowercase else text, out_type=str)
 
     def detokenize(self, tokens: Sequence[str]) -> str:
@@ -207,18 +250,52 @@ class Codec:
     def __init__(self, tokenizer: Tokenizer, vocabulary: Vocabulary) -> None:
         self.tokenizer = tokenizer
         self.vocabulary = vocabulary
+        self._spelled: dict[str, list[str]] = {}
 
     @classmethod
     def fit(cls, tokenizer: Tokenizer, texts: Iterable[str], max_size: int | None = None, min_freq: int = 1) -> Codec:
+        """The tokens of the normalised texts, as `Vocabulary.build` picks them. For subword
+        tokenizers the pieces' characters count too, so that a piece the vocabulary lacks
+        can be spelled out in smaller ones (see `tokenize`)."""
         sequences = (tokenizer.tokenize(normalize(text)) for text in texts)
+        if isinstance(tokenizer, SubwordTokenizer):
+            sequences = ([*pieces, *(c for piece in pieces if len(piece) > 1 for c in piece)] for pieces in sequences)
         return cls(tokenizer, Vocabulary.build(sequences, max_size=max_size, min_freq=min_freq))
 
     def __len__(self) -> int:
         return len(self.vocabulary)
 
     def tokenize(self, text: str) -> list[str]:
-        """The tokens of the normalised text."""
-        return self.tokenizer.tokenize(normalize(text))
+        """The tokens of the normalised text. A subword piece not in the vocabulary (BPE
+        makes pieces that training text never ends up in; `max_size` and `min_freq` drop
+        some) is spelled out in the longest pieces that are, rather than lost to <unk>."""
+        tokens = self.tokenizer.tokenize(normalize(text))
+        if isinstance(self.tokenizer, SubwordTokenizer):
+            return [part for token in tokens for part in self._spell(token)]
+        return tokens
+
+    def _spell(self, piece: str) -> list[str]:
+        """`piece` if it is in the vocabulary, else its longest prefix that is (a special
+        never is; a character that is not stays, for <unk>) and the rest spelled so."""
+        if piece in self.vocabulary and piece not in SPECIALS:
+            return [piece]
+        if piece not in self._spelled:
+            if len(self._spelled) >= 65536:  # SentencePiece gives unknown text whole: its pieces are not bounded
+                self._spelled.clear()
+            parts, start = [], 0
+            while start < len(piece):
+                end = next(
+                    (
+                        end
+                        for end in range(len(piece), start, -1)
+                        if piece[start:end] in self.vocabulary and piece[start:end] not in SPECIALS
+                    ),
+                    start + 1,
+                )
+                parts.append(piece[start:end])
+                start = end
+            self._spelled[piece] = parts
+        return self._spelled[piece]
 
     def encode(self, text: str) -> list[int]:
         """The ids of the normalised text's tokens (<unk> for those not in the vocabulary)."""
@@ -247,6 +324,8 @@ class Codec:
         if kind == "subword":
             model_proto = (path.parent / settings.pop("model_file")).read_bytes()
             tokenizer: Tokenizer = SubwordTokenizer(model_proto, **settings)
+        elif kind == "word":  # saved without "marks": before it, words were split at combining marks
+            tokenizer = WordTokenizer(**{"marks": False, **settings})
         else:
             tokenizer = make_tokenizer(kind, **settings)
         return cls(tokenizer, Vocabulary(document["tokens"]))
