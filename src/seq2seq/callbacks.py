@@ -18,7 +18,7 @@ import keras
 from .backend import release_freed_memory
 from .data import Pair
 from .evaluation import score
-from .files import CHECKPOINT_STATE_FILE, MODEL_FILE, save_model, write_atomic
+from .files import CHECKPOINT_STATE_FILE, MODEL_FILE, remove_temporaries, save_model, write_atomic
 
 if TYPE_CHECKING:
     from .api import Seq2Seq
@@ -128,7 +128,11 @@ class DevScores(keras.callbacks.Callback):
 
 class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras's ModelCheckpoint (use with save_best_only), writing the model through
-    `files.save_model`: a kill or a failed write while saving leaves the previous best."""
+    `files.save_model`: a kill or a failed write while saving leaves the previous best
+    (and a temporary file, removed when training starts again)."""
+
+    def on_train_begin(self, logs=None) -> None:
+        remove_temporaries(self.filepath)
 
     def _save_model(self, epoch: int, batch: int | None, logs: dict | None) -> None:
         path = self._get_file_path(epoch, batch, logs)
@@ -143,6 +147,7 @@ class HistoryLogger(keras.callbacks.CSVLogger):
     failed write leaves the history of the epochs before, never half a row."""
 
     def on_train_begin(self, logs=None) -> None:
+        remove_temporaries(self.filename)
         text = ""
         if self.append and Path(self.filename).is_file():
             with open(self.filename, encoding="utf-8", newline="") as f:
@@ -186,6 +191,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.restore = restore
 
     def on_train_begin(self, logs=None) -> None:
+        for name in (MODEL_FILE, CHECKPOINT_STATE_FILE):  # left by a kill in mid-write
+            remove_temporaries(self.directory / name)
         if not self.restore:
             return
         for name, values in self.restore.get("callbacks", {}).items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -69,6 +70,20 @@ def save_model(model, path: str | Path) -> None:
     """`model.save(path)` (a Keras model) through `atomic_path`."""
     with atomic_path(path) as temporary:
         model.save(temporary, overwrite=True)
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporaries `atomic_path` left beside `path` when a kill stopped it in
+    mid-write (.NAME.RANDOM.tmpSUFFIX); returns them. For the writer of `path`, before it
+    writes: another one's temporary may be in use."""
+    path = Path(path)
+    name = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp{re.escape(path.suffix)}")
+    if not path.parent.is_dir():
+        return []
+    removed = [candidate for candidate in path.parent.iterdir() if name.fullmatch(candidate.name)]
+    for temporary in removed:
+        temporary.unlink(missing_ok=True)
+    return removed
 
 
 def _new_temporary(path: Path) -> Path:
