@@ -441,6 +441,7 @@ def test_bodies_that_stop_or_trickle_are_408_while_others_are_answered(server):
             thread.join(BODY_TIMEOUT_S + 30)
         for sock in idle:
             sock.close()
+    print(f"408s after {[round(a['elapsed'], 2) for a in answers.values()]} s; meanwhile {len(others)} others answered")
     for name in clients:
         answer = answers[name]
         error = error_of(answer, 408, "body_timeout")
@@ -474,6 +475,7 @@ def test_past_the_queue_capacity_some_are_429_and_the_rest_answered(server):
 
     answers, healthz, after = run(main())
     statuses = collections.Counter(answer.status_code for answer in answers)
+    print(f"40 requests past a queue of {MAX_QUEUE} texts: {dict(statuses)}; /healthz {healthz}")
     assert set(statuses) == {200, 429}, statuses  # every request ended, with one or the other
     for answer in answers:
         if answer.status_code == 429:
