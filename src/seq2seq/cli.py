@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .api import LENGTH_MARGIN
+from .api import DEFAULT_MAX_SOURCE_TOKENS, LENGTH_MARGIN, SOURCE_CAP_FACTOR
 from .config import Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
@@ -97,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument(
         "--strict",
         action="store_true",
-        help="stop at the first input that is not valid UTF-8 instead of warning (naming its line) "
-        "and printing an empty line for it",
+        help="stop at the first input that is not valid UTF-8 or is longer than --max-source-tokens, instead of "
+        "warning (naming its line) and printing an empty line for it, or translating its first tokens",
     )
+    add_source_limit_option(translate)
     add_decoding_options(translate)
 
     evaluate = commands.add_parser("evaluate", help="score a model on its held-out test split or a pair file")
@@ -107,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="pair file to score on (default: the test split saved at training)")
     evaluate.add_argument("--output", type=Path, help="write the scores as JSON here (default: DIR/evaluation.json)")
     evaluate.add_argument("--examples", type=int, default=5, help="print this many examples (default: 5)")
+    evaluate.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first malformed line, or source longer than --max-source-tokens, instead of skipping "
+        "it or scoring on its first tokens (each with a warning)",
+    )
+    add_source_limit_option(evaluate)
     add_decoding_options(evaluate)
 
     sweep = commands.add_parser(
@@ -151,6 +160,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="with download: cache directory (default: $SEQ2SEQ_DATA_DIR or ~/.cache/seq2seq/data)",
     )
     return parser
+
+
+def add_source_limit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-source-tokens",
+        type=int,
+        metavar="N",
+        help="read at most N tokens of an input: a longer one is truncated, with a warning, or refused with --strict "
+        f"(default: {SOURCE_CAP_FACTOR} x the longest training source, else {DEFAULT_MAX_SOURCE_TOKENS})",
+    )
+
+
+class Truncations:
+    """Reports inputs cut to the model's max_source_tokens on stderr, each once: the first
+    few by file and line, then a count (as lines that are not UTF-8 are)."""
+
+    SHOWN = 5
+
+    def __init__(self, source: str, cap: int | None, what: str) -> None:
+        self.source, self.cap, self.what = source, cap, what
+        self.count = 0
+
+    def report(self, line: int, tokens: int) -> None:
+        self.count += 1
+        if self.count <= self.SHOWN:
+            print(
+                f"seq2seq: warning: {self.source}:{line}: {tokens} tokens, more than the {self.cap} this model reads; "
+                f"{self.what} its first {self.cap} (--max-source-tokens N to change, --strict to refuse)",
+                file=sys.stderr,
+            )
+
+    def refusal(self, line: int, tokens: int) -> DataError:
+        """The error `--strict` stops with."""
+        return DataError(
+            self.source,
+            line,
+            f"{tokens} tokens, more than the {self.cap} this model reads; shorten it or raise --max-source-tokens "
+            "(without --strict: truncated, with a warning)",
+        )
+
+    def summary(self) -> None:
+        if self.count > self.SHOWN:
+            print(
+                f"seq2seq: warning: {self.source}: {self.count} inputs longer than {self.cap} tokens "
+                f"({self.count - self.SHOWN} more not shown), each {self.what} its first {self.cap}",
+                file=sys.stderr,
+            )
 
 
 def add_decoding_options(parser: argparse.ArgumentParser) -> None:
@@ -240,31 +296,50 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_translate(args: argparse.Namespace) -> int:
-    from .api import Seq2Seq
+    from .api import Seq2Seq, SourceTooLong
 
-    system = Seq2Seq.load(args.model_dir)
+    system = Seq2Seq.load(args.model_dir, max_source_tokens=args.max_source_tokens, strict=args.strict)
     options = decoding_options(args)
+    source = "<arguments>" if args.text else "<stdin>"
+    truncations = Truncations(source, system.max_source_tokens, "translated")
 
-    def translate(texts: list[str]) -> list[str]:
+    def translate(texts: list[str], numbers: list[int]) -> list[str]:
+        """The outputs of `texts`, lines `numbers` of the input."""
+
+        def report(index: int, tokens: int) -> None:
+            truncations.report(numbers[index], tokens)
+
         if options.n_best == 1:
-            return system.translate(texts, options)
+            return system.translate(texts, options, report)
         return [
             "\n".join(f"{score:.4f}\t{text}" for text, score in hypotheses)
-            for hypotheses in system.n_best(texts, options)
+            for hypotheses in system.n_best(texts, options, report)
         ]
 
     if args.text:
-        lines = _decoded((os.fsencode(text) for text in args.text), "<arguments>", args.strict)
+        lines = _decoded((os.fsencode(text) for text in args.text), source, args.strict)
     elif sys.stdin.isatty():
         return _interactive(translate)
     else:
-        lines = _decoded(sys.stdin.buffer, "<stdin>", args.strict)
-    for chunk in _chunks(lines, 1024):
-        outputs = iter(translate([line for line in chunk if isinstance(line, str)]))
+        lines = _decoded(sys.stdin.buffer, source, args.strict)
+    size = 1024
+    for first, chunk in enumerate(_chunks(lines, size)):
+        numbers = [first * size + i for i, line in enumerate(chunk, start=1) if isinstance(line, str)]
+        texts = [line for line in chunk if isinstance(line, str)]
+        refused = None
+        try:
+            outputs = iter(translate(texts, numbers))
+        except SourceTooLong as error:  # --strict: the lines before it still get their outputs
+            refused = truncations.refusal(numbers[error.index], error.length)
+            outputs = iter(translate(texts[: error.index], numbers))
+            chunk = chunk[: numbers[error.index] - first * size - 1]
         for line in chunk:  # one output line per input line: an empty one for an undecodable input
             if isinstance(line, DataError) and args.strict:
                 raise line  # after the outputs of the lines before it
             print(next(outputs) if isinstance(line, str) else "", flush=True)
+        if refused is not None:
+            raise refused
+    truncations.summary()
     return 0
 
 
@@ -298,8 +373,10 @@ def _decoded(raws: Iterable[bytes], source: str, strict: bool) -> Iterator[str |
 
 
 def _interactive(translate) -> int:
+    from .api import SourceTooLong
+
     print("Type a sentence and press Enter (Ctrl-D to quit).", file=sys.stderr)
-    while True:
+    for number in itertools.count(1):
         print("> ", end="", file=sys.stderr, flush=True)  # the prompt stays out of the output
         try:
             line = input()
@@ -309,7 +386,15 @@ def _interactive(translate) -> int:
         except UnicodeDecodeError as error:
             print(f"seq2seq: warning: not valid UTF-8 (byte {error.start}); type it again", file=sys.stderr)
             continue
-        print(translate([line])[0])
+        try:
+            print(translate([line], [number])[0])
+        except SourceTooLong as error:  # --strict
+            print(
+                f"seq2seq: warning: {error.length} tokens, more than the {error.cap} this model reads; type a "
+                "shorter one",
+                file=sys.stderr,
+            )
+    return 0
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -324,13 +409,23 @@ def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .api import SPLIT_DIR, Seq2Seq
-    from .data import read_pairs
+    from .api import SPLIT_DIR, Seq2Seq, SourceTooLong
+    from .data import read_numbered_pairs
     from .evaluation import evaluate
 
-    system = Seq2Seq.load(args.model_dir)
+    system = Seq2Seq.load(args.model_dir, max_source_tokens=args.max_source_tokens, strict=args.strict)
+    options = decoding_options(args)
     path = Path(args.data) if args.data else args.model_dir / SPLIT_DIR / "test.tsv"
-    scores, hypotheses = evaluate(system, pairs := read_pairs(path), decoding_options(args))
+    numbered = read_numbered_pairs(path, strict=args.strict)
+    pairs = [pair for _, pair in numbered]
+    truncations = Truncations(str(path), system.max_source_tokens, "scored on")
+    try:
+        scores, hypotheses = evaluate(
+            system, pairs, options, report=lambda index, tokens: truncations.report(numbered[index][0], tokens)
+        )
+    except SourceTooLong as error:  # --strict
+        raise truncations.refusal(numbered[error.index][0], error.length) from None
+    truncations.summary()
     for pair, hypothesis in list(zip(pairs, hypotheses, strict=True))[: args.examples]:
         mark = "=" if hypothesis == pair.target else "≠"
         print(f"{pair.source}\n  {mark} {hypothesis}\n    (reference: {pair.target})")

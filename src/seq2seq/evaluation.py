@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,18 +74,24 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
     )
 
 
-def teacher_forced_loss(system: Seq2Seq, pairs: Sequence[Pair], batch_size: int = 64) -> float:
+def teacher_forced_loss(
+    system: Seq2Seq, pairs: Sequence[Pair], batch_size: int = 64, source_ids: Sequence[Sequence[int]] | None = None
+) -> float:
     """Mean cross-entropy (nats) per real target token, <end> included, with the true
     previous token as decoder input (as in training, without label smoothing). One pass:
-    sources padded coarsely, to compile fewer shapes."""
-    batches = PairBatches.from_pairs(
-        system.source,
-        system.target,
-        pairs,
+    sources padded coarsely, to compile fewer shapes. `source_ids`: the sources as
+    `system.encode` gave them (cut to its max_source_tokens), else encoded so here."""
+    if source_ids is None:
+        source_ids = system.encode([p.source for p in pairs])
+    target = system.target
+    batches = PairBatches(  # as PairBatches.from_pairs makes them, from the ids
+        source_ids,
+        [target.encode(p.target) for p in pairs],
         batch_size=batch_size,
         shuffle=False,
         fine_sources=False,
-        latent_dim=system.config.latent_dim,
+        max_tokens=PairBatches.OUTPUT_ELEMENTS // len(target),
+        target_cost=1 + len(target) / (4 * system.config.latent_dim),
     )
     total, count = 0.0, 0
     for index in range(len(batches)):
@@ -101,13 +107,19 @@ def teacher_forced_loss(system: Seq2Seq, pairs: Sequence[Pair], batch_size: int 
 
 
 def evaluate(
-    system: Seq2Seq, pairs: Sequence[Pair], options: DecodingOptions | None = None
+    system: Seq2Seq,
+    pairs: Sequence[Pair],
+    options: DecodingOptions | None = None,
+    report: Callable[[int, int], None] | None = None,
 ) -> tuple[Scores, list[str]]:
-    """Decode the sources, score against the targets; add loss and perplexity."""
+    """Decode the sources, score against the targets; add loss and perplexity. A source
+    longer than the system's max_source_tokens is cut, and reported once (`report(index,
+    tokens)`, else a warning), or refused (SourceTooLong) if the system is strict."""
     options = options or DecodingOptions()
-    hypotheses = system.translate([p.source for p in pairs], options)
+    source_ids = system.encode([p.source for p in pairs], report)
+    hypotheses = [system.target.decode(best[0][0]) for best in system.generate(source_ids, options)]
     scores = score(hypotheses, [p.target for p in pairs])
-    loss = teacher_forced_loss(system, pairs, options.batch_size)
+    loss = teacher_forced_loss(system, pairs, options.batch_size, source_ids)
     scores.extra.update(loss=loss, perplexity=math.exp(min(loss, 700)))
     scores.settings = {
         "decoding": "sampling" if options.sample else f"beam {options.beam}" if options.beam > 1 else "greedy",
