@@ -7,12 +7,14 @@ One uninterrupted run first (the reference; its timing is the kill window). Then
 trial starts `seq2seq train` in its own directory and kills it (SIGKILL: no clean-up, as a
 crash, an OOM kill or a power cut) at a random moment, seeded: 20% of the kills anywhere
 in a run (start-up, data, vocabularies, the first files), 30% anywhere in its training
-(from its "pairs: ..." or "resuming ..." line: the first epoch's compiling included), 50%
-anywhere after its first epoch ended (that epoch's saves, the later epochs, the end),
-each phase as long as the reference's. After a
+(from its "pairs: ..." or "resuming ..." line: the first epoch with its compiling, dev
+scores and saves), 50% anywhere after its first epoch's checkpoint (the later epochs and
+their saves, the end), each phase as long as the reference's. After a
 kill it runs `seq2seq train --resume` when a checkpoint exists, or the first command again
 with --overwrite when the kill came before the first checkpoint; each of those is killed
 again at random (half the time, at most --max-kills kills per trial) until one finishes.
+A first run that ends before its kill moment is run again from the start with another
+moment, so that every trial has a kill.
 A finished trial must match the reference exactly (np.array_equal, no tolerance): the
 best model (model.keras), the last checkpoint's weights and optimizer state
 (checkpoint/model.keras), and every column of history.csv but the training time.
@@ -58,7 +60,7 @@ def train_command(model_dir: Path, *extra: str) -> list[str]:
 
 @dataclass
 class Run:
-    command: str  # train, restart (train --overwrite) or resume
+    command: str  # train, restart (train --overwrite after a kill), resume, or again (see `trial`)
     killed: bool
     returncode: int
     seconds: float
@@ -84,9 +86,10 @@ class Trial:
 
 
 # Kills are timed from one of three moments of a run: its start, when it says its training
-# starts (data, vocabularies and model ready), and when it says its first epoch ended
-# (TrainingClock's line, before that epoch's saves); each phase's share of the kills.
-PHASES = {"run": None, "training": rb"^(pairs: |resuming )", "epochs": rb"^epoch \d+/\d+: "}
+# starts (data, vocabularies and model ready), and when Keras prints its first epoch's
+# summary line ("12/12 - 0s - ...", after every callback of that epoch: the dev scores,
+# the best model, the history and the checkpoint are written); each phase's share of the kills.
+PHASES = {"run": None, "training": rb"^(pairs: |resuming )", "epochs": rb"^\d+/\d+ - "}
 SHARES = {"run": 0.2, "training": 0.3, "epochs": 0.5}
 
 
@@ -144,19 +147,38 @@ def reference(work: Path) -> tuple[Path, Window]:
     return model_dir, Window(outcome.seconds)
 
 
-def trial(number: int, rng: random.Random, work: Path, expected: Path, window: Window, max_kills: int) -> Trial:
-    """Kill and resume one training until it finishes, then compare it with `expected`."""
+def trial(
+    number: int,
+    rng: random.Random,
+    work: Path,
+    expected: Path,
+    window: Window,
+    max_kills: int,
+    plan: list[tuple[float, str]] | None = None,
+) -> Trial:
+    """Kill and resume one training until it finishes, then compare it with `expected`.
+
+    A trial has at least one kill: a first run that ends before its kill moment (the
+    phases of a run vary in length) is run again from the start, with a new moment.
+    `plan` gives the kills, (seconds, phase) each, instead of drawing them."""
     model_dir, log = work / f"trial-{number:02d}", work / f"trial-{number:02d}.log"
     result, name = Trial(number), "train"
     command = train_command(model_dir, *SETTINGS)
+    plan = list(plan) if plan is not None else None
     while True:
-        kill = result.kills == 0 or (result.kills < max_kills and rng.random() < 0.5)
-        kill_after, phase = window.draw(rng) if kill else (None, "run")
+        if plan is not None:
+            kill_after, phase = plan.pop(0) if plan else (None, "run")
+        else:
+            kill = result.kills == 0 or (result.kills < max_kills and rng.random() < 0.5)
+            kill_after, phase = window.draw(rng) if kill else (None, "run")
         before = set(temporaries(model_dir))
         outcome = run(command, log, kill_after, phase)
         seconds = round(outcome.seconds["run"], 2)
         result.runs.append(Run(name, outcome.killed, outcome.returncode, seconds, kill_after, phase))
         if not outcome.killed:
+            if result.kills == 0 and outcome.returncode == 0 and len(result.runs) < 5:
+                name, command = "again", train_command(model_dir, "--overwrite", *SETTINGS)
+                continue  # finished before its kill: once more, killed at another moment
             break
         if left := sorted(set(temporaries(model_dir)) - before):
             result.mid_write.append(", ".join(str(path.relative_to(model_dir)) for path in left))
@@ -231,6 +253,7 @@ def soak(trials: int, seed: int, max_kills: int, work: Path, report=print) -> di
         "kills": sum(r.kills for r in results),
         "resumes": sum(r.count("resume") for r in results),
         "restarts": sum(r.count("restart") for r in results),
+        "finished_before_their_kill": sum(r.count("again") for r in results),
         "kills_mid_write": sum(len(r.mid_write) for r in results),
         "temporaries_left": sum(r.temporaries_left for r in results),
         "equal": sum(r.equal for r in results),
@@ -240,7 +263,8 @@ def soak(trials: int, seed: int, max_kills: int, work: Path, report=print) -> di
     report(
         f"kill soak: {summary['trials']} trials, {summary['kills']} kills, {summary['resumes']} resumes, "
         f"{summary['restarts']} restarts (killed before the first checkpoint), {summary['kills_mid_write']} kills "
-        f"in mid-write (a temporary file left, {summary['temporaries_left']} still there at the end); final weights, "
+        f"in mid-write (a temporary file left, {summary['temporaries_left']} still there at the end), "
+        f"{summary['finished_before_their_kill']} runs that ended before their kill (run again); final weights, "
         "optimizer state and history equal to the "
         f"uninterrupted run's in {summary['equal']}/{trials} trials"
         + (": all equal" if summary["all_equal"] else ": FAILED")

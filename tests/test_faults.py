@@ -342,13 +342,15 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def test_kill_soak_trials_end_as_an_uninterrupted_run(soak, finished, tmp_path):
-    """Two trials of bench/kill_soak.py (it runs 20 by default), one kill each: with this
-    seed the first is killed after its first epoch and resumed, the second while it
-    compiles its first epoch and started again; both end equal to the uninterrupted run."""
+    """Two trials of bench/kill_soak.py (it runs 20 at random moments by default), one kill
+    each at a set moment: the first shortly after its first epoch's checkpoint, so it
+    resumes, the second a second into its training (building, compiling), so it starts
+    again; both end with the uninterrupted run's weights, optimizer state and history."""
     expected, window = finished
-    rng = soak.random.Random(0)
-    results = [soak.trial(number, rng, tmp_path, expected, window, max_kills=1) for number in (1, 2)]
-    assert [run.phase for result in results for run in result.runs if run.killed] == ["epochs", "training"]
+    plans = {1: [(0.3, "epochs")], 2: [(1.0, "training")]}
+    results = [soak.trial(n, None, tmp_path, expected, window, max_kills=1, plan=plan) for n, plan in plans.items()]
+    assert [run.killed for result in results for run in result.runs] == [True, False, True, False]
+    assert results[0].runs[1].command == "resume"
     for result in results:
         assert result.equal, (result.runs, result.problem)
         assert result.temporaries_left == 0
