@@ -254,7 +254,9 @@ def generate(speed: dict, cpu: str, run: str | None, default: dict | None, defau
             "`python bench/default.py run --results bench/results/default.json` (needs `pip install -e",
             "'.[bench]'`): `seq2seq train`'s default model against the same model written in PyTorch",
             "(`bench/torch_peer.py`), on the same split, SentencePiece codecs and batches; decoding",
-            f"compares one model's weights on both sides. From {source}:",
+            f"compares one model's weights on both sides. From {source}"
+            + (f"; run {default['run']}" if "run" in default else "")
+            + ":",
             "",
             default_table(default),
         ]
