@@ -16,6 +16,7 @@ from .config import Config, ConfigError, setting_types
 from .data import BUILTIN_CORPORA, BUILTIN_PREFIX, DataError
 from .decoding import DecodingOptions
 from .errors import UserError
+from .files import EVALUATION_FILE
 from .sweep import parse_axes
 
 # The values filled into the help texts of Config's fields (config.py holds the texts).
@@ -431,7 +432,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{pair.source}\n  {mark} {hypothesis}\n    (reference: {pair.target})")
     print(f"\nscores on {path} ({scores.settings['decoding']}):")
     print(scores.table())
-    output = args.output or args.model_dir / "evaluation.json"
+    output = args.output or args.model_dir / EVALUATION_FILE
     scores.save(output)
     print(f"written to {output}")
     return 0

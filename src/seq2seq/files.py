@@ -22,6 +22,7 @@ SPLIT_DIR = "split"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_STATE_FILE = "state.json"  # in CHECKPOINT_DIR, beside its MODEL_FILE
+EVALUATION_FILE = "evaluation.json"  # written by `seq2seq evaluate`, read by `seq2seq serve`
 
 # The training model's inputs, by name: batches are dictionaries with these keys.
 SOURCE_IDS = "source_ids"

@@ -45,6 +45,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
+from .files import EVALUATION_FILE
 
 STATIC_DIR = Path(__file__).parent / "static"
 # The page and every other answer: nothing but this server's own scripts, styles and API.
@@ -894,7 +895,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         import keras
 
         scores = None
-        evaluation = model_dir / "evaluation.json"
+        evaluation = model_dir / EVALUATION_FILE
         if evaluation.is_file():
             with contextlib.suppress(OSError, ValueError):
                 scores = json.loads(evaluation.read_text(encoding="utf-8"))
