@@ -68,11 +68,15 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def held_out(model_dir) -> dict[str, Scores]:
+def split(model_dir) -> Split:
+    return Split.load(model_dir / "split")
+
+
+@pytest.fixture(scope="module")
+def held_out(model_dir, split) -> dict[str, Scores]:
     """Greedy and beam-4 scores on the saved test split."""
     system = Seq2Seq.load(model_dir)
-    test = Split.load(model_dir / "split").test
-    sources, references = [p.source for p in test], [p.target for p in test]
+    sources, references = [p.source for p in split.test], [p.target for p in split.test]
     return {
         "greedy": score(system.translate(sources), references),
         "beam": score(system.translate(sources, DecodingOptions(beam=4)), references),
@@ -107,11 +111,10 @@ def test_the_trained_model_is_the_default_configuration(model_dir):
     assert dropouts and all(rate == 0.3 for rate in dropouts)
 
 
-def test_learns_held_out_numbers(model_dir, held_out):
+def test_learns_held_out_numbers(split, held_out):
     greedy = held_out["greedy"]
-    test = Split.load(model_dir / "split").test
-    train_sources = {p.source for p in Split.load(model_dir / "split").train}
-    assert len(test) >= 50 and not any(p.source in train_sources for p in test)
+    train_sources = {p.source for p in split.train}
+    assert len(split.test) >= 50 and not any(p.source in train_sources for p in split.test)
     assert greedy.bleu >= MIN_BLEU and greedy.exact_match >= MIN_EXACT, greedy.table()
 
 
