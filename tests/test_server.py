@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import httpx
+import keras
 import numpy as np
 import pytest
 
 from seq2seq import Config, Seq2Seq
 from seq2seq.cli import SERVE_OPTIONS, build_parser
 from seq2seq.decoding import DecodingOptions
+from seq2seq.model import build_model
 from seq2seq.server import Batcher, DeadlineExceeded, NotRunning, QueueFull, ServerSettings, create_app
 from seq2seq.training import train
 
@@ -119,17 +121,30 @@ def test_decode_gives_each_group_what_n_best_gives_it_alone(system):
     np.testing.assert_allclose(output.attention, weights, atol=1e-5)
 
 
-def test_decode_keeps_each_inputs_own_output_limit(system):
-    # with room to run (max_length 40), "ab" alone may run 16 tokens and "abcdefgh" 24:
-    # merged, each group still gets the limit it has alone (two calls, one per limit)
-    options = DecodingOptions(max_length=40)
+@pytest.mark.parametrize("trained", [True, False])
+def test_decode_keeps_each_inputs_own_output_limit(system, trained):
+    """With room to run (max_length 40), "ab" alone may run 16 tokens and "abcdefgh" 24.
+    Merged, each group still gets the limit it has alone: greedy decoding runs them in
+    one call and cuts each output at its own limit, beam search makes one call per limit.
+    The untrained model never says <end>, so its outputs run to their limits."""
+    if not trained:
+        keras.utils.set_random_seed(3)
+        fresh = build_model(system.config, len(system.source), len(system.target))
+        system = Seq2Seq(system.config, system.source, system.target, fresh)
     groups = [["ab", "abcdefgh"], ["ab"], ["hh"]]
-    assert system.alone_limits(system.encode(groups[0]), options) == [24, 24]
-    assert system.alone_limits(system.encode(groups[1]), options) == [16]
-    decoded = system.decode(groups, options)
-    assert decoded.calls == 2
-    for group, outputs in zip(groups, decoded.outputs, strict=True):
-        assert [o.text for o in outputs] == system.translate(group, options)
+    for options, calls in ((DecodingOptions(max_length=40), 1), (DecodingOptions(max_length=40, beam=3), 2)):
+        assert system.alone_limits(system.encode(groups[0]), options) == [24, 24]
+        assert system.alone_limits(system.encode(groups[1]), options) == [16]
+        decoded = system.decode(groups, options)
+        assert decoded.calls == calls
+        for group, outputs in zip(groups, decoded.outputs, strict=True):
+            alone = [ids for (ids, _), *_ in system.generate(system.encode(group), options)]
+            assert [o.target_tokens for o in outputs] == [
+                [system.target.vocabulary.tokens[t] for t in ids] for ids in alone
+            ]
+            assert [o.text for o in outputs] == system.translate(group, options)
+        if not trained:  # "ab" alone stopped at its limit, below the merged call's
+            assert [len(o.target_tokens) for o in decoded.outputs[1]] == [16]
 
 
 # ---------------------------------------------------------------------------- endpoints

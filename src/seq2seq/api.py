@@ -280,20 +280,25 @@ class Seq2Seq:
         limits: Sequence[int] | None = None,
     ) -> list[list[tuple[list[int], float]]]:
         """`generate`, counting calls and padding in `stats`. With `limits` (one output
-        limit per input), inputs are decoded in batches of one limit each, and each runs
-        to its own limit instead of its batch's."""
+        limit per input), each input's output stops at its own limit instead of its
+        batch's: greedy outputs are cut to it (a greedy row's tokens depend on nothing but
+        the row, so running on and cutting gives what stopping gives), and beam search,
+        whose choice at the limit depends on the limit, decodes in batches of one limit each."""
         allowed = self.output_limits(options)
         results: list[list[tuple[list[int], float]]] = [[([], float("nan"))] for _ in source_ids]
         order = sorted((i for i, s in enumerate(source_ids) if s), key=lambda i: len(source_ids[i]))
+        cut = limits is not None and options.beam == 1 and not options.sample
         by_limit: dict[int | None, list[int]] = {}
         for i in order:  # stays sorted by length within each limit
-            by_limit.setdefault(None if limits is None else limits[i], []).append(i)
+            by_limit.setdefault(None if limits is None or cut else limits[i], []).append(i)
         number = 0
         for limit, indices in sorted(by_limit.items(), key=lambda item: item[0] or 0):
             for start in range(0, len(indices), options.batch_size):
                 rows = indices[start : start + options.batch_size]
                 batch = pad([source_ids[i] for i in rows])
                 longest = max(len(source_ids[i]) for i in rows)
+                if cut:
+                    limit = max(limits[i] for i in rows)
                 decoder = self._decoder(options, limit or allowed.for_batch(longest))
                 batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
                 stats.count(batch, sum(len(source_ids[i]) for i in rows))
@@ -304,6 +309,8 @@ class Seq2Seq:
                     outputs = decoder.predict_on_batch(batch)
                 for row, i in enumerate(rows):
                     results[i] = _hypotheses(outputs, row)
+                    if cut:
+                        results[i] = [(ids[: limits[i]], score) for ids, score in results[i]]
                 number += 1
         return results
 
