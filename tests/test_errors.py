@@ -237,13 +237,38 @@ def test_vocabulary_checks(tmp_path, change, message):
         modeldir.check_vocabulary(path, level=level)
 
 
+def _subword_model() -> bytes:
+    from seq2seq.vocab import SubwordTokenizer
+
+    texts = [f"{a} {b} hola mundo" for a in ("uno", "dos", "tres", "cuatro") for b in ("gato", "perro", "casa")]
+    return SubwordTokenizer.train(texts * 5, vocab_size=40).model_proto
+
+
 def test_a_sound_vocabulary_passes(tmp_path):
     path = tmp_path / "source_vocab.json"
     path.write_text(json.dumps(VOCABULARY))
     modeldir.check_vocabulary(path, level="word")
-    (tmp_path / "source_vocab.spm").write_bytes(b"model")
+    (tmp_path / "source_vocab.spm").write_bytes(_subword_model())
     path.write_text(json.dumps({**VOCABULARY, "tokenizer": {"kind": "subword", "model_file": "source_vocab.spm"}}))
     modeldir.check_vocabulary(path, level="subword")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda model: b"garbage", "not a SentencePiece model"),
+        (lambda model: model[: len(model) // 2], "not a SentencePiece model"),
+        (lambda model: b"", "a SentencePiece model without pieces"),
+    ],
+)
+def test_a_damaged_subword_model_is_refused_by_name(tmp_path, damage, message):
+    """A .spm file that is not a SentencePiece model, cut short or empty: refused with its
+    path, when the model directory is checked (before anything loads)."""
+    (tmp_path / "source_vocab.spm").write_bytes(damage(_subword_model()))
+    path = tmp_path / "source_vocab.json"
+    path.write_text(json.dumps({**VOCABULARY, "tokenizer": {"kind": "subword", "model_file": "source_vocab.spm"}}))
+    with pytest.raises(ModelFileError, match=rf"source_vocab\.spm: {message}.*train the model again"):
+        modeldir.check_vocabulary(path, level="subword")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ naming the file and the line, field or layer, what it cannot use:
   (`versions.seq2seq`), or a setting `Config.from_dict` refuses;
 - source_vocab.json, target_vocab.json: not JSON, keys missing or unexpected, a tokenizer
   seq2seq does not have (or not the config's level), a subword model file outside the
-  directory, tokens that are not strings or repeat, or the special tokens not at ids 0-3;
+  directory or that is not a SentencePiece model with pieces, tokens that are not strings
+  or repeat, or the special tokens not at ids 0-3;
 - model.keras: not a zip archive holding a config.json, or an object in that config other
   than Keras's built-in ones (layers, ops, initializers, ...) and seq2seq's registered
   classes: in particular `Lambda` (it runs Python code stored in the file), the layers
@@ -109,6 +110,7 @@ def check_vocabulary(path: str | Path, level: str | None = None) -> None:
             raise refuse(f"tokenizer.model_file: expected a file name beside the vocabulary, got {name!r}")
         if not (path.parent / name).is_file():
             raise refuse(f"tokenizer.model_file: no file {name!r} in {path.parent}")
+        check_sentencepiece(path.parent / name)
     tokens = document["tokens"]
     if not isinstance(tokens, list):
         raise refuse(f"tokens: expected a list of strings, got {_kind(tokens)}")
@@ -126,6 +128,20 @@ def check_vocabulary(path: str | Path, level: str | None = None) -> None:
         first[token] = i
     if len(tokens) < len(SPECIALS):
         raise refuse(f"tokens: {len(tokens)} tokens, fewer than the special tokens {' '.join(SPECIALS)}")
+
+
+def check_sentencepiece(path: str | Path) -> None:
+    """A subword vocabulary's .spm file: a SentencePiece model that parses and has pieces
+    (parsed by sentencepiece from the file's bytes: a protobuf, no code)."""
+    import sentencepiece
+
+    path = Path(path)
+    try:
+        pieces = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes()).GetPieceSize()
+    except RuntimeError:  # sentencepiece's only word on it is the C++ line that failed
+        raise ModelFileError(f"{path}: not a SentencePiece model (it does not parse); {FIX}") from None
+    if pieces == 0:
+        raise ModelFileError(f"{path}: a SentencePiece model without pieces; {FIX}")
 
 
 def check_model_file(path: str | Path) -> None:
