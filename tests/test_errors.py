@@ -106,6 +106,20 @@ def test_a_model_keras_that_is_not_a_zip(model_dir, capsys):
     assert "model.keras: not a Keras model file (not a zip archive)" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("name", ["source_vocab.json", "target_vocab.json"])
+def test_a_vocabulary_of_another_size_than_the_model_names_both_files(model_dir, capsys, name):
+    """A vocabulary with one token more than the model's table (a sound file, from another
+    model or edited): refused when loading, instead of ids indexing past the table."""
+    vocabulary = json.loads((model_dir / name).read_text())
+    size = len(vocabulary["tokens"])
+    vocabulary["tokens"].append("zz")
+    (model_dir / name).write_text(json.dumps(vocabulary))
+    assert translate(model_dir) == 2
+    line = one_error_line(capsys)
+    assert f"{model_dir / name}: {size + 1} tokens, but model.keras has {size} " in line
+    assert "(the files come from different models); fix the file, or train the model again" in line
+
+
 def test_undecodable_stdin_lines_are_reported_by_number(reverse_model_dir, monkeypatch, capsys):
     # were translated silently (replacement characters)
     stdin = b"abc\n\xff\xfebad\nba\n"

@@ -523,3 +523,39 @@ def test_serve_options_match_the_settings():
     for wrong in ({"max_queue": 0}, {"body_timeout_s": 0}, {"max_sampling_settings": 0}):
         with pytest.raises(ValueError):
             ServerSettings(**wrong)
+
+
+# ---------------------------------------------------------------------------- bench/serve.py
+
+
+def _bench_module(name: str):
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))  # report.py imports its neighbours
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+def test_the_serve_benchs_bare_decoder_row_and_its_report(model_dir):
+    """bench/serve.py's bare decoder decodes whole batches of the asked size, timed and
+    bounded; bench/report.py renders the serving table with its share of that row."""
+    serve = _bench_module("serve")
+    sentences = ["ab", "abc", "hgfa", "ggg", "abcdefgh", "dd"]
+    bare = serve.bare_decoder(model_dir, sentences, 3, 0.2, 30)
+    assert 0 < bare["sentences"] <= 30 and bare["sentences"] % 3 == 0
+    assert bare["sentences_per_s"] > 0 and bare["mean_batch"] == 3.0 and bare["p50_ms"] > 0
+    rows = {"batching on": {**bare, "sentences_per_s": bare["sentences_per_s"] / 2, "server_cpu_ms_per_request": 1.5}}
+    rows["bare decoder"] = bare
+    result = {"cpu": "a CPU, 2 cores", "clients": 32, "seconds": 0.2, "window_ms": 5.0, "rows": rows}
+    result["memory"] = {"rss_after_warmup_mib": 1000.0, "rss_after_run_mib": 1010.0}
+    result["checks"] = {"speedup_vs_one_at_a_time": 4.0, "share_of_bare_decoder": 0.5}
+    text = "\n".join(_bench_module("report").serve_section(result))
+    assert "| batching on |" in text and "| 1.50 |" in text and "| bare decoder |" in text
+    assert "4.0× one at a time, 50% of the bare decoder at the same batch size" in text

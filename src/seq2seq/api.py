@@ -177,11 +177,12 @@ class Seq2Seq:
                 raise ModelDirError(f"{model_dir}: no {name}; is this a directory made by `seq2seq train`?")
         config = modeldir.check(model_dir)  # refuses damaged, newer or unsafe files before Keras reads any
         model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
-        source = Codec.load(model_dir / SOURCE_VOCAB_FILE)
+        source, target = Codec.load(model_dir / SOURCE_VOCAB_FILE), Codec.load(model_dir / TARGET_VOCAB_FILE)
+        modeldir.check_sizes(model_dir, model, len(source), len(target))
         return cls(
             config,
             source,
-            Codec.load(model_dir / TARGET_VOCAB_FILE),
+            target,
             model,
             max_source_tokens=max_source_tokens
             if max_source_tokens is not None

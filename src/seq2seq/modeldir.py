@@ -15,6 +15,9 @@ naming the file and the line, field or layer, what it cannot use:
   that wrap outside code (TFSMLayer, TorchModuleWrapper, JaxLayer, FlaxLayer), Python
   functions stored as code, and any module outside keras and seq2seq.
 
+`check_sizes`, once Keras has loaded the checked model, compares its input and output
+sizes with the vocabularies'.
+
 Nothing is deserialized here: the archive's config.json is read as JSON. Keras then loads
 the checked file with `safe_mode=True` (api.Seq2Seq.load), which refuses such code too.
 """
@@ -142,6 +145,25 @@ def check_sentencepiece(path: str | Path) -> None:
         raise ModelFileError(f"{path}: not a SentencePiece model (it does not parse); {FIX}") from None
     if pieces == 0:
         raise ModelFileError(f"{path}: a SentencePiece model without pieces; {FIX}")
+
+
+def check_sizes(model_dir: str | Path, model: Any, source_tokens: int, target_tokens: int) -> None:
+    """After loading: the model's input rows and output width are the vocabularies' sizes
+    (else ids would silently index past a table, or outputs name no token): files from
+    different models, or a vocabulary edited after training."""
+    model_dir = Path(model_dir)
+    names = {layer.name for layer in model.layers}
+    source_layer = "source_embedding" if "source_embedding" in names else "source_projection"
+    sizes = {
+        SOURCE_VOCAB_FILE: (source_tokens, model.get_layer(source_layer).weights[0].shape[0], f"{source_layer} rows"),
+        TARGET_VOCAB_FILE: (target_tokens, model.outputs[0].shape[-1], "outputs"),
+    }
+    for name, (tokens, model_size, what) in sizes.items():
+        if tokens != model_size:
+            raise ModelFileError(
+                f"{model_dir / name}: {tokens} tokens, but {MODEL_FILE} has {model_size} {what} "
+                f"(the files come from different models); {FIX}"
+            )
 
 
 def check_model_file(path: str | Path) -> None:
