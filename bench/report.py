@@ -3,14 +3,15 @@
     python bench/report.py --cpu "AMD EPYC (Zen 4), 2 cores" --run "2026-12-04, commit 2b24c1e"
     python bench/report.py          # when the results name their machine ("machine" field)
 
-Reads bench/results/speed.json (written by `make bench`, i.e. bench/run.py) and, where it
-exists, bench/results/default.json (the default configuration against the PyTorch peer:
-`python bench/default.py run --results bench/results/default.json`), and writes the
-generated part of docs/performance.md: the run's header (the CPU, the command, where the
-numbers come from), the main table against the textbook recipe, the table of levers
-(each measured beside the plain row in the same run), and the default configuration's
-table. Everything after the END marker in an existing docs/performance.md (hand-written
-prose) is kept as it is.
+Reads bench/results/speed.json (written by `make bench`, i.e. bench/run.py) and, where
+they exist, bench/results/default.json (the default configuration against the PyTorch
+peer: `python bench/default.py run --results bench/results/default.json`) and
+bench/results/serve.json (`python bench/serve.py`), and writes the generated part of
+docs/performance.md: the run's header (the CPU, the command, where the numbers come
+from), the main table against the textbook recipe, the table of levers (each measured
+beside the plain row in the same run), the default configuration's table and the
+serving table. Everything after the END marker in an existing docs/performance.md
+(hand-written prose) is kept as it is.
 
 The CPU is `--cpu`, else the results' "machine" field when they have one: a speed.json
 written before bench/run.py recorded its machine does not say where it ran, and a
@@ -32,6 +33,7 @@ from run import LEVERS, first_reaching  # noqa: E402  (bench/run.py: the lever l
 
 SPEED = ROOT / "bench" / "results" / "speed.json"
 DEFAULT = ROOT / "bench" / "results" / "default.json"
+SERVE = ROOT / "bench" / "results" / "serve.json"
 OUT = ROOT / "docs" / "performance.md"
 END = "<!-- end of the part bench/report.py writes; what follows is kept when it runs again -->"
 
@@ -189,7 +191,47 @@ def default_table(results: dict) -> str:
     return table(results) + (f"\n\n{results['machine']}" if "machine" in results else "")
 
 
-def generate(speed: dict, cpu: str, run: str | None, default: dict | None, default_source: Path = DEFAULT) -> str:
+def serve_section(serve: dict) -> list[str]:
+    """bench/serve.py's table: sentences/s and latency of each way of serving, and its checks."""
+    lines = [
+        "## Serving under load",
+        "",
+        f"`python bench/serve.py` on **{serve['cpu']}**: {serve['clients']} concurrent clients on loopback, one",
+        f"sentence a request, {serve['seconds']:g} s a row, batching window {serve['window_ms']:g} ms; from",
+        f"{SERVE.relative_to(ROOT)} {provenance(SERVE)}" + (f", run {serve['run']}" if "run" in serve else "") + ".",
+        "",
+        "| serving | sentences/s | p50 ms | p99 ms | errors | mean batch | server CPU ms/request |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in serve["rows"].items():
+        cpu_ms = row.get("server_cpu_ms_per_request")
+        lines.append(
+            f"| {name} | {row['sentences_per_s']:,.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} "
+            f"| {row['mean_batch']:.1f} | {'' if cpu_ms is None else f'{cpu_ms:.2f}'} |"
+        )
+    memory, checks = serve["memory"], serve["checks"]
+    lines += [
+        "",
+        f"Batching on: {checks['speedup_vs_one_at_a_time']:.1f}× one at a time"
+        + (
+            f", {checks['share_of_bare_decoder']:.0%} of the bare decoder at the same batch size"
+            if "share_of_bare_decoder" in checks
+            else ""
+        )
+        + f"; RSS {memory['rss_after_warmup_mib']:,.0f} MiB after warm-up, {memory['rss_after_run_mib']:,.0f} MiB"
+        + " after the run.",
+    ]
+    return lines
+
+
+def generate(
+    speed: dict,
+    cpu: str,
+    run: str | None,
+    default: dict | None,
+    default_source: Path = DEFAULT,
+    serve: dict | None = None,
+) -> str:
     if speed.get("settings", {}).get("quick"):
         sys.exit(f"{SPEED} holds a --quick run (sizes too small to compare): run `make bench` first")
     main, levers, settings = speed_tables(speed)
@@ -267,6 +309,8 @@ def generate(speed: dict, cpu: str, run: str | None, default: dict | None, defau
             "`../shared`) measures `seq2seq train`'s default model against the same model written",
             "in PyTorch (`bench/torch_peer.py`); this script then adds its table here.",
         ]
+    if serve is not None:
+        lines += ["", *serve_section(serve)]
     return "\n".join(lines) + "\n\n" + END + "\n"
 
 
@@ -288,7 +332,8 @@ def main() -> int:
         default, source = json.loads(DEFAULT.read_text(encoding="utf-8")), DEFAULT
     else:  # bench/run.py keeps the default rows of its run in speed.json too
         default, source = speed.get("default"), SPEED
-    text = generate(speed, cpu, args.run, default, source)
+    serve = json.loads(SERVE.read_text(encoding="utf-8")) if SERVE.is_file() else None
+    text = generate(speed, cpu, args.run, default, source, serve)
     if args.out.is_file():
         kept = args.out.read_text(encoding="utf-8").partition(END)[2]
         text += kept.lstrip("\n") and "\n" + kept.lstrip("\n")

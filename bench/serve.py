@@ -6,6 +6,9 @@ Three ways of serving one sentence per request, each for --seconds:
   batching on    `seq2seq serve` with its batching window (--window-ms)
   batching off   the same server with window 0: one request per decode call
   one at a time  a loop of `Seq2Seq.translate([sentence])` in this process, no HTTP
+and the bare decoder: `Seq2Seq.decode` in this process, no HTTP, of batches as large as
+the server's mean batch (batching on), one sentence a group as the server merges them.
+What the server reaches of it is what HTTP, JSON, the batcher and the clients cost.
 
 It reports sentences/s and p50/p99 latency of each, the CPU time the server and the load
 generator spent per request, the server's resident memory after warm-up and after the
@@ -33,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +107,7 @@ def start_server(model_dir: Path, window_ms: float, log: Path) -> tuple[subproce
 
 async def load(url: str, sentences: list[str], clients: int, seconds: float, max_requests: int) -> dict:
     """`clients` loops, each posting one sentence at a time until `seconds` pass."""
+    import aiohttp  # the bench extra's: the rest of this file runs without it
     latencies: list[float] = []
     errors = 0
     batch_sizes: list[int] = []
@@ -162,6 +165,39 @@ def one_at_a_time(model_dir: Path, sentences: list[str], seconds: float, max_req
     return summary(latencies, time.perf_counter() - started, 0, 1.0)
 
 
+def bare_decoder(model_dir: Path, sentences: list[str], batch: int, seconds: float, max_requests: int) -> dict:
+    """`Seq2Seq.decode` of random batches of `batch` one-sentence groups, as the server's
+    worker decodes a merged batch (its batch size cap, 64), without HTTP."""
+    import random
+
+    from seq2seq import Seq2Seq
+    from seq2seq.decoding import DecodingOptions
+
+    system, options, draw = Seq2Seq.load(model_dir), DecodingOptions(batch_size=64), random.Random(0)
+    batches = [[[s] for s in draw.sample(sentences, batch)] for _ in range(200)]
+    for groups in batches:  # compile every shape first, as the server's warm-up does
+        system.decode(groups, options)
+    latencies, count = [], 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds and count < max_requests:
+        t = time.perf_counter()
+        system.decode(batches[len(latencies) % len(batches)], options)
+        latencies.append(time.perf_counter() - t)
+        count += batch
+    elapsed = time.perf_counter() - started
+    return {**summary(latencies, elapsed, 0, float(batch)), "sentences": count, "sentences_per_s": count / elapsed}
+
+
+def commit() -> str:
+    """The checked-out commit, with "+ changes" when the tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, help="a trained model (default: the default configuration)")
@@ -173,6 +209,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     work = ROOT / "runs" / "bench-serve"
     work.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir or work / f"default-{args.train_minutes:g}min"
@@ -202,6 +239,9 @@ def main() -> int:
     )
 
     on = rows["batching on"]
+    rows["bare decoder (Seq2Seq.decode, server's mean batch)"] = bare = bare_decoder(
+        model_dir, sentences, max(1, round(on["mean_batch"])), args.seconds, args.max_requests
+    )
     single_ms = single["p50_ms"]
     checks = {
         "speedup_vs_one_at_a_time": on["sentences_per_s"] / single["sentences_per_s"],
@@ -209,6 +249,7 @@ def main() -> int:
         "p99_within_2x_single_plus_window": on["p99_ms"] <= 2 * single_ms + args.window_ms,
         "zero_errors": on["errors"] == 0,
         "rss_within_10_percent": abs(memory["rss_after_run_mib"] / memory["rss_after_warmup_mib"] - 1) <= 0.10,
+        "share_of_bare_decoder": on["sentences_per_s"] / bare["sentences_per_s"],
     }
     lines = [
         f"{cpu_name()}; {args.clients} concurrent clients, one sentence per request, {args.seconds:g} s each, loopback",
@@ -224,13 +265,16 @@ def main() -> int:
     lines += [
         "",
         f"RSS after warm-up {memory['rss_after_warmup_mib']:.0f} MiB, "
-        f"after the run {memory['rss_after_run_mib']:.0f} MiB; {checks['speedup_vs_one_at_a_time']:.1f}x one at a time",
+        f"after the run {memory['rss_after_run_mib']:.0f} MiB; "
+        f"{checks['speedup_vs_one_at_a_time']:.1f}x one at a time, "
+        f"{100 * checks['share_of_bare_decoder']:.0f}% of the bare decoder at the same batch size",
     ]
     print("\n".join(lines))
     cpu = cpu_name()
     with_model = {"model_dir": str(model_dir), "clients": args.clients, "seconds": args.seconds}
     result = {**with_model, "window_ms": args.window_ms, "cpu": cpu, "cores": os.cpu_count()}
     result |= {"rows": rows, "memory": memory, "checks": checks}
+    result["run"] = f"{started}-{time.strftime('%H:%M', time.gmtime())} UTC, commit {commit()}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"written to {args.out}", file=sys.stderr)
