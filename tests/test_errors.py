@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,36 @@ def test_a_vocabulary_of_another_size_than_the_model_names_both_files(model_dir,
     line = one_error_line(capsys)
     assert f"{model_dir / name}: {size + 1} tokens, but model.keras has {size} " in line
     assert "(the files come from different models); fix the file, or train the model again" in line
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda state: '{"epochs_done": 2,\n oops}', r"state\.json: line 2, column 2: not valid JSON"),
+        (lambda state: json.dumps([state]), r"state\.json: expected a JSON object, got a list"),
+        (lambda state: json.dumps({**state, "epochs_done": "2"}), r"state\.json: epochs_done: expected a whole number"),
+        (lambda state: json.dumps({**state, "callbacks": None}), r"state\.json: callbacks: expected an object"),
+        (lambda state: json.dumps({**state, "seconds": True}), r"state\.json: seconds: expected a number"),
+        (
+            lambda state: json.dumps({k: v for k, v in state.items() if k != "seconds"}),
+            r"state\.json: seconds: missing",
+        ),
+    ],
+)
+def test_resume_refuses_a_damaged_checkpoint_by_name_and_writes_nothing(model_dir, capsys, damage, message):
+    state_file = model_dir / "checkpoint" / "state.json"
+    state_file.write_text(damage(json.loads(state_file.read_text())))
+    before = {path: path.read_bytes() for path in model_dir.rglob("*") if path.is_file()}
+    assert main(["train", "--resume", "--model-dir", str(model_dir)]) == 2
+    line = one_error_line(capsys)
+    assert re.search(message, line) and str(state_file) in line and "train again without --resume" in line, line
+    assert {path: path.read_bytes() for path in model_dir.rglob("*") if path.is_file()} == before
+
+
+def test_resume_refuses_code_in_the_checkpoints_model_file(model_dir, capsys):
+    (model_dir / "checkpoint" / "model.keras").write_bytes(b"not a zip")
+    assert main(["train", "--resume", "--model-dir", str(model_dir)]) == 2
+    assert str(model_dir / "checkpoint" / "model.keras") in one_error_line(capsys)
 
 
 def test_undecodable_stdin_lines_are_reported_by_number(reverse_model_dir, monkeypatch, capsys):

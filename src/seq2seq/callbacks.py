@@ -222,10 +222,6 @@ def _random_states(model: keras.Model) -> list:
     return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
-def load_checkpoint_state(directory: Path) -> dict:
-    return json.loads((Path(directory) / CHECKPOINT_STATE_FILE).read_text(encoding="utf-8"))
-
-
 def _to_json_number(value):
     value = float(value) if not isinstance(value, int) else value
     if isinstance(value, float) and math.isinf(value):

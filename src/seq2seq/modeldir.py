@@ -16,7 +16,7 @@ naming the file and the line, field or layer, what it cannot use:
   functions stored as code, and any module outside keras and seq2seq.
 
 `check_sizes`, once Keras has loaded the checked model, compares its input and output
-sizes with the vocabularies'.
+sizes with the vocabularies'. `check_checkpoint` checks what `--resume` reads besides.
 
 Nothing is deserialized here: the archive's config.json is read as JSON. Keras then loads
 the checked file with `safe_mode=True` (api.Seq2Seq.load), which refuses such code too.
@@ -33,7 +33,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .errors import UserError
-from .files import CONFIG_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE
+from .files import CHECKPOINT_STATE_FILE, CONFIG_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE
 from .vocab import SPECIALS
 
 FIX = "fix the file, or train the model again"
@@ -147,10 +147,13 @@ def check_sentencepiece(path: str | Path) -> None:
         raise ModelFileError(f"{path}: a SentencePiece model without pieces; {FIX}")
 
 
-def check_sizes(model_dir: str | Path, model: Any, source_tokens: int, target_tokens: int) -> None:
+def check_sizes(
+    model_dir: str | Path, model: Any, source_tokens: int, target_tokens: int, model_file: str = MODEL_FILE
+) -> None:
     """After loading: the model's input rows and output width are the vocabularies' sizes
     (else ids would silently index past a table, or outputs name no token): files from
-    different models, or a vocabulary edited after training."""
+    different models, or a vocabulary edited after training. `model_file`: the loaded
+    model's file, relative to `model_dir`, for the message."""
     model_dir = Path(model_dir)
     names = {layer.name for layer in model.layers}
     source_layer = "source_embedding" if "source_embedding" in names else "source_projection"
@@ -161,9 +164,35 @@ def check_sizes(model_dir: str | Path, model: Any, source_tokens: int, target_to
     for name, (tokens, model_size, what) in sizes.items():
         if tokens != model_size:
             raise ModelFileError(
-                f"{model_dir / name}: {tokens} tokens, but {MODEL_FILE} has {model_size} {what} "
+                f"{model_dir / name}: {tokens} tokens, but {model_file} has {model_size} {what} "
                 f"(the files come from different models); {FIX}"
             )
+
+
+def check_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """A training checkpoint (`callbacks.Checkpoint` writes it): state.json an object with
+    the epochs done, seconds, callbacks' state and random states, and model.keras as
+    `check_model_file` wants it. Returns the state."""
+    directory = Path(directory)
+    path = directory / CHECKPOINT_STATE_FILE
+    advice = "fix the file, or train again without --resume"
+    state = _read_json(path, advice)
+
+    def refuse(reason: str) -> ModelFileError:
+        return ModelFileError(f"{path}: {reason}; {advice}")
+
+    if not isinstance(state, dict):
+        raise refuse(f"expected a JSON object, got {_kind(state)}")
+    keys = {"epochs_done", "seconds", "callbacks", "random_states"}
+    _check_keys(state, keys, keys, "", refuse)
+    epochs = state["epochs_done"]
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise refuse(f"epochs_done: expected a whole number of epochs, got {epochs!r}")
+    for key, kind in (("seconds", (int, float)), ("callbacks", dict), ("random_states", list)):
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise refuse(f"{key}: expected {'a number' if key == 'seconds' else _kind(kind())}, got {state[key]!r}")
+    check_model_file(directory / MODEL_FILE)
+    return state
 
 
 def check_model_file(path: str | Path) -> None:
@@ -200,12 +229,12 @@ def check_model_file(path: str | Path) -> None:
             )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, advice: str = FIX) -> Any:
     if not path.is_file():
         raise ModelFileError(f"{path}: missing; is this a directory made by `seq2seq train`?")
     if path.stat().st_size > MAX_JSON_BYTES:
-        raise ModelFileError(f"{path}: {path.stat().st_size:,} bytes, too large for this file; {FIX}")
-    return _parse_json(path.read_bytes(), str(path), FIX)
+        raise ModelFileError(f"{path}: {path.stat().st_size:,} bytes, too large for this file; {advice}")
+    return _parse_json(path.read_bytes(), str(path), advice)
 
 
 def _parse_json(raw: bytes, where: str, advice: str) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from . import backend
+from . import backend, modeldir
 from .api import Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
@@ -24,7 +24,6 @@ from .callbacks import (
     ReleaseFreedMemory,
     TrainingCheckpoint,
     TrainingClock,
-    load_checkpoint_state,
 )
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
@@ -181,13 +180,16 @@ def resume(
     if not (checkpoint / CHECKPOINT_STATE_FILE).is_file():
         raise FileNotFoundError(f"{model_dir}: no checkpoint to resume from ({checkpoint / CHECKPOINT_STATE_FILE})")
     system = Seq2Seq.load(model_dir)
+    state = modeldir.check_checkpoint(checkpoint)
     config = system.config if epochs is None else replace(system.config, epochs=epochs)
     system.config = config
     config.save(model_dir / CONFIG_FILE)
     scope, devices = devices_for(config)
     with scope:
         system.model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=True, safe_mode=True)
-    state = load_checkpoint_state(checkpoint)
+    modeldir.check_sizes(
+        model_dir, system.model, len(system.source), len(system.target), f"{CHECKPOINT_DIR}/{MODEL_FILE}"
+    )
     _truncate_history(model_dir / HISTORY_FILE, state["epochs_done"])
     with backend.tensorflow_not_imported():
         keras.utils.set_random_seed(config.seed)
