@@ -108,6 +108,7 @@ def start_server(model_dir: Path, window_ms: float, log: Path) -> tuple[subproce
 async def load(url: str, sentences: list[str], clients: int, seconds: float, max_requests: int) -> dict:
     """`clients` loops, each posting one sentence at a time until `seconds` pass."""
     import aiohttp  # the bench extra's: the rest of this file runs without it
+
     latencies: list[float] = []
     errors = 0
     batch_sizes: list[int] = []

@@ -76,8 +76,8 @@ def request_of(kind: str, number: int, texts: list[str], info: dict) -> tuple[st
     if kind == "attention":
         asked = {"return_attention": True} if info["attention"] else {"return_tokens": True}
         return "POST", "/v1/translate", {"json": {"q": text, **asked}}
-    if kind == "sample":  # a few settings only: each compiles decoders of its own
-        temperature = (0.7, 1.0)[number % 2]
+    if kind == "sample":  # settings are inputs of one compiled sampler: any number may come
+        temperature = round(0.5 + (number % 20) / 10, 1)
         return "POST", "/v1/translate", {"json": {"q": text, "sample": {"temperature": temperature, "seed": number}}}
     if kind == "libre":
         body = {"q": text, "source": "auto", "target": info["languages"]["target"]}

@@ -12,9 +12,11 @@ from seq2seq.decoding import (
     DecodingOptions,
     GreedyDecoder,
     SamplingDecoder,
+    _cut_off,
     best_ids,
     length_penalty,
     output_logits,
+    sampling_settings,
     stepwise_greedy,
 )
 from seq2seq.model import build_model, inference_parts
@@ -103,11 +105,11 @@ def test_beam_search_finds_at_least_the_greedy_score():
 def test_seeded_sampling_is_reproducible():
     _, parts = _model("luong")
     source = _sources()
-    decoder = SamplingDecoder(parts, MAX_LENGTH, temperature=1.5)
-    seed = np.array([7, 0], "int32")
-    first = np.asarray(decoder.predict_on_batch([source, seed]))
-    again = np.asarray(SamplingDecoder(parts, MAX_LENGTH, temperature=1.5).predict_on_batch([source, seed]))
-    other = np.asarray(decoder.predict_on_batch([source, np.array([8, 0], "int32")]))
+    decoder = SamplingDecoder(parts, MAX_LENGTH)
+    seed, hot = np.array([7, 0], "int32"), sampling_settings(temperature=1.5)
+    first = np.asarray(decoder.predict_on_batch([source, seed, hot]))
+    again = np.asarray(SamplingDecoder(parts, MAX_LENGTH).predict_on_batch([source, seed, hot]))
+    other = np.asarray(decoder.predict_on_batch([source, np.array([8, 0], "int32"), hot]))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert not np.isin(first, [START_ID]).any()
@@ -117,10 +119,32 @@ def test_sampling_from_the_single_best_token_is_greedy():
     _, parts = _model("bahdanau")
     source = _sources()
     greedy = np.asarray(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
-    top_1 = SamplingDecoder(parts, MAX_LENGTH, top_k=1).predict_on_batch([source, np.array([1, 2], "int32")])
+    sampler = SamplingDecoder(parts, MAX_LENGTH)  # one compiled program for every setting
+    top_1 = sampler.predict_on_batch([source, np.array([1, 2], "int32"), sampling_settings(top_k=1)])
     np.testing.assert_array_equal(np.asarray(top_1), greedy)
-    tiny_p = SamplingDecoder(parts, MAX_LENGTH, top_p=1e-6).predict_on_batch([source, np.array([3, 4], "int32")])
+    tiny_p = sampler.predict_on_batch([source, np.array([3, 4], "int32"), sampling_settings(top_p=1e-6)])
     np.testing.assert_array_equal(np.asarray(tiny_p), greedy)
+    free = sampler.predict_on_batch([source, np.array([3, 4], "int32"), sampling_settings(temperature=3.0)])
+    assert not np.array_equal(np.asarray(free), greedy)
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (1, 1.0), (5, 1.0), (40, 1.0), (0, 0.5), (5, 0.3), (3, 1e-6)])
+def test_sampling_cut_offs_match_a_numpy_reference(top_k, top_p):
+    """The top-k and top-p cut-offs, as runtime settings (0 and 1: off), keep exactly the
+    tokens a direct NumPy reading of their definitions keeps, ties included."""
+    rng = np.random.default_rng(top_k)
+    logits = rng.normal(size=(6, 37)).astype("float32")
+    logits[2, [4, 9, 30]] = logits[2].max() + 1  # a three-way tie for the best
+    got = ops.convert_to_numpy(_cut_off(ops.convert_to_tensor(logits), ops.convert_to_tensor(top_k), top_p))
+    expected = logits.copy()
+    for row in expected:
+        if top_k:
+            row[row < np.sort(row)[::-1][min(top_k, row.size) - 1]] = -1e9
+        if top_p < 1:
+            ranked = np.sort(row)[::-1]
+            probs = np.exp(ranked - ranked.max()) / np.exp(ranked - ranked.max()).sum()
+            row[row < ranked[(np.cumsum(probs) - probs) < top_p].min()] = -1e9
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_options_reject_contradictions():
@@ -128,8 +152,9 @@ def test_options_reject_contradictions():
         DecodingOptions(beam=4, sample=True)
     with pytest.raises(ValueError, match="n_best"):
         DecodingOptions(beam=2, n_best=3)
-    with pytest.raises(ValueError, match="temperature"):
-        SamplingDecoder(None, 5, temperature=0)
+    for wrong, message in ({"temperature": 0}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p"):
+        with pytest.raises(ValueError, match=message):
+            DecodingOptions(sample=True, **wrong)
 
 
 def test_compiled_decoders_follow_weight_changes():
@@ -197,7 +222,7 @@ def test_only_decoders_whose_rows_stand_alone_move_rows_to_a_smaller_batch(monke
         "greedy, 4 rows": (GreedyDecoder(parts, MAX_LENGTH), source[:4]),
         "greedy": (GreedyDecoder(parts, MAX_LENGTH), source),
         "greedy with attention": (GreedyDecoder(parts, MAX_LENGTH, return_attention=True), source),
-        "sampling": (SamplingDecoder(parts, MAX_LENGTH), [source, np.array([1, 2], "int32")]),
+        "sampling": (SamplingDecoder(parts, MAX_LENGTH), [source, np.array([1, 2], "int32"), sampling_settings()]),
         "forced": (_ForcedDecoder(parts, MAX_LENGTH), [source, np.zeros((24, MAX_LENGTH), "int32")]),
     }
     assert [type(decoder).compacts_rows for decoder, _ in cases.values()] == [True, True, True, False, False]

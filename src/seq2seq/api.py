@@ -30,7 +30,14 @@ from keras import ops
 from . import backend, modeldir
 from .batches import pad
 from .config import Config, ConfigError
-from .decoding import LENGTH_MARGIN, DecodingOptions, GreedyDecoder, OutputLimits, round_up  # noqa: F401 (cli)
+from .decoding import (  # noqa: F401 (cli)
+    LENGTH_MARGIN,
+    DecodingOptions,
+    GreedyDecoder,
+    OutputLimits,
+    round_up,
+    sampling_settings,
+)
 from .errors import UserError
 from .files import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SOURCE_VOCAB_FILE, SPLIT_DIR, TARGET_VOCAB_FILE, save_model  # noqa: F401
 from .model import InferenceParts, inference_parts
@@ -305,7 +312,8 @@ class Seq2Seq:
                 stats.count(batch, sum(len(source_ids[i]) for i in rows))
                 if options.sample:
                     seed = np.array([options.seed, number * allowed.max_length * 8], dtype="int32")
-                    outputs = decoder.predict_on_batch([batch, seed])
+                    settings = sampling_settings(options.temperature, options.top_k, options.top_p)
+                    outputs = decoder.predict_on_batch([batch, seed, settings])
                 else:
                     outputs = decoder.predict_on_batch(batch)
                 for row, i in enumerate(rows):
@@ -444,7 +452,8 @@ class _ForcedDecoder(GreedyDecoder):
     """[source ids (B, S), target ids (B, max_length)] -> (the target ids, attention): the
     decoder fed the given outputs instead of its own choices, for their attention."""
 
-    compacts_rows = False  # the given outputs (in `seed`) are read by row
+    compacts_rows = False  # the given outputs (in `draw`) are read by row
 
-    def choose(self, logits, t, seed):
-        return ops.take(seed, t, axis=1)
+    def choose(self, logits, t, draw: list):
+        (target_ids,) = draw
+        return ops.take(target_ids, t, axis=1)

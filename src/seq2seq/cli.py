@@ -540,10 +540,6 @@ SERVE_OPTIONS: dict[str, tuple[type, str]] = {
     "body_timeout_s": (float, "seconds a client has to send a request's body; past it, 408 (default: 5.0)"),
     "max_beam": (int, "largest beam a request may ask for (default: 8)"),
     "max_n_best": (int, "most hypotheses a request may ask for (default: 8)"),
-    "max_sampling_settings": (
-        int,
-        "distinct sampling settings (temperature, top_k, top_p) a server compiles; past it, 422 (default: 32)",
-    ),
     "max_queue": (int, "texts waiting to be decoded; past it, 429 (default: 1024)"),
     "batch_window_ms": (float, "wait this long for requests to merge into a batch; 0: no batching (default: 5.0)"),
     "max_batch_sentences": (int, "texts in one batched decode call (default: 64)"),

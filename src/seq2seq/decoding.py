@@ -96,11 +96,13 @@ class GreedyDecoder(_Decoder):
         super().__init__(parts, max_length, **kwargs)
         self.return_attention = return_attention
 
-    def choose(self, logits, t, seed):
+    def choose(self, logits, t, draw: list):
+        """The next ids (B,) from logits (B, V) at step t; `draw`: the inputs after the
+        source ids (a sampler's seed and settings)."""
         return best_ids(logits)
 
     def call(self, inputs):
-        source_ids, seed = inputs if isinstance(inputs, list | tuple) else (inputs, None)
+        source_ids, *draw = inputs if isinstance(inputs, list | tuple) else (inputs,)
         context, state = self.encode(source_ids)
         batch, source_length = ops.shape(source_ids)[0], ops.shape(source_ids)[1]
         output = ops.full((batch, self.max_length), PAD_ID, dtype="int32")
@@ -115,7 +117,7 @@ class GreedyDecoder(_Decoder):
         def step_with(context):
             def step(t, previous, finished, output, attention, *state):
                 logits, weights, state = self.step(previous, context, list(state))
-                token = ops.where(finished, PAD_ID, self.choose(logits, t, seed))
+                token = ops.where(finished, PAD_ID, self.choose(logits, t, draw))
                 output = ops.slice_update(output, (0, t), ops.expand_dims(token, 1))
                 if self.return_attention:
                     weights = ops.expand_dims(ops.cast(weights, "float32"), 1)
@@ -145,45 +147,42 @@ class GreedyDecoder(_Decoder):
 
 
 class SamplingDecoder(GreedyDecoder):
-    """[source ids (B, S), seed (2,) int32] -> target ids (B, max_length), each token drawn
-    from softmax(logits / temperature), restricted to the `top_k` most probable tokens
-    and/or the smallest set whose probability reaches `top_p`. Same seed, same output."""
+    """[source ids (B, S), seed (2,) int32, settings (3,) float32] -> target ids (B,
+    max_length), each token drawn from softmax(logits / temperature), restricted to the
+    top_k most probable tokens and/or the smallest set whose probability reaches top_p.
+    The settings are inputs (`sampling_settings`), so one compiled program serves them
+    all. Same seed and settings, same output."""
 
     compacts_rows = False  # a row's draws depend on its place in the batch
 
-    def __init__(
-        self,
-        parts: InferenceParts,
-        max_length: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        **kwargs,
-    ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        super().__init__(parts, max_length, **kwargs)
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-
-    def choose(self, logits, t, seed):
-        logits = ops.cast(logits, "float32") / self.temperature
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth_best = ops.top_k(logits, self.top_k)[0][:, -1:]
-            logits = ops.where(logits < kth_best, NEGATIVE, logits)
-        if self.top_p is not None and self.top_p < 1:
-            ranked = ops.top_k(logits, logits.shape[-1])[0]  # descending
-            probs = ops.softmax(ranked, axis=-1)
-            keep = (ops.cumsum(probs, axis=-1) - probs) < self.top_p  # mass before each token
-            cutoff = ops.min(ops.where(keep, ranked, np.float32(np.inf)), axis=-1, keepdims=True)
-            logits = ops.where(logits < cutoff, NEGATIVE, logits)
+    def choose(self, logits, t, draw: list):
+        seed, settings = draw
+        logits = ops.cast(logits, "float32") / settings[0]
+        top_k, top_p = ops.cast(settings[1], "int32"), settings[2]
+        cut = ops.logical_or(top_k > 0, top_p < 1)  # the sort only when a cut-off asks for it
+        logits = ops.cond(cut, lambda: _cut_off(logits, top_k, top_p), lambda: logits)
         step_seed = ops.stack([seed[0], seed[1] + t])
         return backend.sample_categorical(logits, step_seed)
+
+
+def sampling_settings(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
+    """A SamplingDecoder's settings input: (temperature, top_k or 0, top_p or 1)."""
+    return np.array([temperature, top_k or 0, 1.0 if top_p is None else top_p], dtype="float32")
+
+
+def _cut_off(logits, top_k, top_p):
+    """Logits (B, V) outside the `top_k` best (0: all) and outside the smallest set whose
+    probability reaches `top_p` (1: all), after the top-k cut, set to NEGATIVE."""
+    vocab = logits.shape[-1]
+    ranked = ops.top_k(logits, vocab)[0]  # descending
+    k = ops.where(top_k > 0, ops.minimum(top_k, vocab), vocab)
+    kth_best = ops.take(ranked, k - 1, axis=1)[:, None]
+    logits = ops.where(logits < kth_best, NEGATIVE, logits)
+    ranked = ops.where(ranked < kth_best, NEGATIVE, ranked)
+    probs = ops.softmax(ranked, axis=-1)
+    keep = ops.logical_or((ops.cumsum(probs, axis=-1) - probs) < top_p, top_p >= 1)  # mass before each token
+    cutoff = ops.min(ops.where(keep, ranked, np.float32(np.inf)), axis=-1, keepdims=True)
+    return ops.where(logits < cutoff, NEGATIVE, logits)
 
 
 def length_penalty(length, alpha: float):
@@ -293,6 +292,12 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         if self.beam < 1:
             raise ValueError(f"beam must be at least 1, got {self.beam}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         if self.sample and self.beam > 1:
             raise ValueError("choose sampling or beam search, not both")
         if self.n_best > max(self.beam, 1) and not self.sample:
@@ -302,15 +307,16 @@ class DecodingOptions:
 
     def make_decoder(self, parts: InferenceParts, max_length: int) -> _Decoder:
         if self.sample:
-            return SamplingDecoder(parts, max_length, self.temperature, self.top_k, self.top_p)
+            return SamplingDecoder(parts, max_length)
         if self.beam > 1:
             return BeamSearchDecoder(parts, max_length, self.beam, self.length_penalty, self.n_best)
         return GreedyDecoder(parts, max_length)
 
     def decoder_key(self, max_length: int) -> tuple:
-        """Options that change the compiled decoder (the seed and batch size do not)."""
+        """Options that change the compiled decoder (the seed, the sampling settings and
+        the batch size do not)."""
         if self.sample:
-            return ("sample", max_length, self.temperature, self.top_k, self.top_p)
+            return ("sample", max_length)
         if self.beam > 1:
             return ("beam", max_length, self.beam, self.length_penalty, self.n_best)
         return ("greedy", max_length)

@@ -68,9 +68,6 @@ class ServerSettings:
     max_body_bytes: int = 1_000_000
     max_beam: int = 8
     max_n_best: int = 8
-    # each sampling setting (temperature, top_k, top_p) compiles decoders of its own (seconds
-    # each, in the one decoding thread) that stay in memory: past this many, a new one is 422
-    max_sampling_settings: int = 32
     max_queue: int = 1024  # texts waiting to be decoded; past it, 429
     batch_window_ms: float = 5.0  # 0: no merging, one request per decode call
     max_batch_sentences: int = 64
@@ -84,7 +81,7 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         names = ("port", "max_texts", "max_chars", "max_body_bytes", "max_beam", "max_n_best", "max_queue")
-        for name in (*names, "max_sampling_settings"):
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_sentences", "max_batch_tokens", "warmup_max_length"):
@@ -99,7 +96,7 @@ class ServerSettings:
 
     def limits(self) -> dict[str, Any]:
         names = ("max_texts", "max_chars", "max_body_bytes", "body_timeout_s", "max_beam", "max_n_best")
-        names += ("max_sampling_settings", "max_queue", "batch_window_ms", "max_batch_sentences", "max_batch_tokens")
+        names += ("max_queue", "batch_window_ms", "max_batch_sentences", "max_batch_tokens")
         names += ("timeout_s",)
         return {name: getattr(self, name) for name in names}
 
@@ -502,9 +499,7 @@ class TranslateIn(BaseModel):
     q: str | list[str] = Field(description="a text (one result) or a list of texts (a list of results)")
     beam: Integer = Field(1, ge=1, description="beam size; 1: greedy")
     n_best: Integer = Field(1, ge=1, description="hypotheses per text, at most the beam size")
-    sample: SampleIn | None = Field(
-        None, description="sample instead, with beam 1 only; a server takes max_sampling_settings settings at most"
-    )
+    sample: SampleIn | None = Field(None, description="sample instead, with beam 1 only")
     return_attention: bool = False
     return_tokens: bool = False
 
@@ -614,9 +609,8 @@ def _answers(model: Any, *errors: int) -> dict[int | str, dict[str, Any]]:
 
 def _document_limits(schemas: dict[str, Any], settings: ServerSettings) -> None:
     """Write the limits of `settings` into the request schemas of the OpenAPI document, so
-    that what it allows is what the server takes; but for n_best <= beam, sampling only
-    without beam search and at most max_sampling_settings sampling settings, which JSON
-    Schema cannot say (the descriptions do)."""
+    that what it allows is what the server takes; but for n_best <= beam and sampling only
+    without beam search, which JSON Schema cannot say (the descriptions do)."""
     text = {"type": "string", "maxLength": settings.max_chars}
     q = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": settings.max_texts}]}
     translate = schemas["TranslateIn"]["properties"]
@@ -649,7 +643,6 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
     system = system or Seq2Seq.load(model_dir)
     metrics = Metrics()
     state: dict[str, Any] = {"ready": False, "warmup_s": None}
-    sampling_settings: set[tuple] = set()  # (temperature, top_k, top_p) of the sampled requests taken
 
     def decode(groups: list[list[str]], key: tuple, return_attention: bool):
         return system.decode(groups, key[0], return_attention)
@@ -784,15 +777,6 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         if not state["ready"]:
             metrics.rejections.labels("not_ready").inc()
             raise ApiError(503, "not_ready", "the model is warming up", None, {"Retry-After": "1"})
-        if options.sample:
-            setting = (options.temperature, options.top_k, options.top_p)
-            if setting not in sampling_settings and len(sampling_settings) >= settings.max_sampling_settings:
-                message = (
-                    f"this server compiles decoders for each sampling setting (temperature, top_k, top_p) and has "
-                    f"{len(sampling_settings)}, its most: use one of those"
-                )
-                raise ApiError(422, "invalid_field", message, "sample")
-            sampling_settings.add(setting)
         # a sampled request is never merged: its draws depend on its batch and row
         key = (options, object()) if options.sample else (options,)
         tokens = sum(len(ids) for ids in system.encode(texts))
