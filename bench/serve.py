@@ -190,10 +190,11 @@ def bare_decoder(model_dir: Path, sentences: list[str], batch: int, seconds: flo
 
 
 def commit() -> str:
-    """The checked-out commit, with "+ changes" when the tree differs from it."""
+    """The checked-out commit, with "+ changes" when the code differs from it."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]
+        dirty = subprocess.run(status, cwd=ROOT, capture_output=True)  # results files are not code
     except OSError:
         return "unknown"
     return head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
