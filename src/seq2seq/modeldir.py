@@ -170,7 +170,7 @@ def check_sizes(
 
 
 def check_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """A training checkpoint (`callbacks.Checkpoint` writes it): state.json an object with
+    """A training checkpoint (`callbacks.TrainingCheckpoint` writes it): state.json an object with
     the epochs done, seconds, callbacks' state and random states, and model.keras as
     `check_model_file` wants it. Returns the state."""
     directory = Path(directory)
@@ -188,9 +188,10 @@ def check_checkpoint(directory: str | Path) -> dict[str, Any]:
     epochs = state["epochs_done"]
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise refuse(f"epochs_done: expected a whole number of epochs, got {epochs!r}")
-    for key, kind in (("seconds", (int, float)), ("callbacks", dict), ("random_states", list)):
+    kinds = {"seconds": ((int, float), "a number"), "callbacks": (dict, "an object"), "random_states": (list, "a list")}
+    for key, (kind, described) in kinds.items():
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
-            raise refuse(f"{key}: expected {'a number' if key == 'seconds' else _kind(kind())}, got {state[key]!r}")
+            raise refuse(f"{key}: expected {described}, got {state[key]!r}")
     check_model_file(directory / MODEL_FILE)
     return state
 
