@@ -305,9 +305,8 @@ class Seq2Seq:
                 rows = indices[start : start + options.batch_size]
                 batch = pad([source_ids[i] for i in rows])
                 longest = max(len(source_ids[i]) for i in rows)
-                if cut:
-                    limit = max(limits[i] for i in rows)
-                decoder = self._decoder(options, limit or allowed.for_batch(longest))
+                batch_limit = max(limits[i] for i in rows) if cut else limit or allowed.for_batch(longest)
+                decoder = self._decoder(options, batch_limit)
                 batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
                 stats.count(batch, sum(len(source_ids[i]) for i in rows))
                 if options.sample:
