@@ -24,13 +24,13 @@ does). The peer's process never imports Keras or JAX, nor ours torch.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import itertools
 import json
 import os
 import random
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from run_info import cpu_name, run_stamp
 
 import seq2seq  # noqa: F401  (sets the default backend before Keras is imported)
 from seq2seq.config import Config
@@ -55,6 +56,7 @@ HELD_OUT = 1000  # decoding inputs, from the test split
 DECODE_BATCH = 64  # `seq2seq translate --batch-size`'s default
 BLEU_TARGET = 30.0
 TIME_RATIO_TARGET = 0.4  # issue 20: time to BLEU_TARGET at most 0.4 of the peer's
+RESULTS = ROOT / "bench" / "results" / "default"  # one file per CPU: its latest run and quality rows
 FILES = ("config.json", "source_vocab.json", "target_vocab.json", "ids.npz", "prepared.json")
 
 
@@ -615,20 +617,9 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
             results[f"decode_beam{beam}_seq2seq"], results[f"decode_beam{beam}_torch"]
         )
     results["total_minutes"] = round((time.time() - started) / 60, 1)
-    results["machine"] = machine()
+    results["machine"] = cpu_name()
     results["table"] = table(results) + f"\n\n{results['machine']}; {results['total_minutes']} min in all"
     return results
-
-
-def machine() -> str:
-    """The CPU's name and the number of cores this process may use, for the caption."""
-    name = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def table(r: dict) -> str:
@@ -741,7 +732,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch: the decoder step through torch.compile")
     parser.add_argument("--quick", action="store_true", help="run, quality: small sizes, to check that it runs")
     parser.add_argument("--jax-cache", action="store_true", help="run, quality: keep JAX's compilation cache on")
-    parser.add_argument("--results", help="run, quality: also write every measurement to this JSON file")
+    parser.add_argument(
+        "--results",
+        nargs="?",
+        const="",
+        help="run, quality: also keep every measurement in this JSON file, beside the other command's "
+        f"(without PATH: this CPU's file in {RESULTS.relative_to(ROOT)}/)",
+    )
     args = parser.parse_args()
     if not CORPUS.is_file():
         sys.exit(f"{CORPUS} not found (see ../shared/README.md)")
@@ -755,6 +752,7 @@ def main() -> None:
     if args.what in MEASUREMENTS:
         MEASUREMENTS[args.what](args)
         return
+    started = time.time()
     if args.what == "run":
         results = default_rows(args.quick, args.work, args.compile, args.jax_cache)
     else:
@@ -769,9 +767,31 @@ def main() -> None:
         # enough batch order for the time, at a generous rate; a side that runs out says so
         args.plan_epochs = max(args.plan_epochs, 2 if args.quick else 1 + int(args.minutes // 2))
         results = quality(args)
-    if args.results:
-        Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     print(results["table"])
+    if args.results is not None:
+        results["run" if args.what == "run" else "quality_run"] = run_stamp(started) + f", `{shlex.join(sys.argv)}`"
+        path = Path(args.results) if args.results else results_file(cpu_name())
+        keep(results, path)
+        print(f"kept in {path}", file=sys.stderr)
+
+
+def results_file(cpu: str) -> Path:
+    """This CPU's file in RESULTS: its name without the core count, in lower case and dashes."""
+    name = cpu.rsplit(",", 1)[0].lower()
+    return RESULTS / ("-".join("".join(c if c.isalnum() else " " for c in name).split()) + ".json")
+
+
+def keep(results: dict, path: Path) -> None:
+    """Write `results` into `path` over the same keys, keeping the other command's
+    (`run` and `quality` fill one file), atomically."""
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    kept.update(results)
+    kept["machine"] = cpu_name()
+    kept.pop("table", None)  # bench/report.py makes it from the measurements
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(kept, indent=2) + "\n")
+    partial.replace(path)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from run_info import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "spa-eng" / "spa.txt"
 RESULTS = ROOT / "bench" / "results" / "quality.jsonl"
@@ -33,7 +35,8 @@ RUNS = ROOT / "runs" / "quality"
 # vocabulary, bidirectional encoder, Luong attention, tied embeddings, dropout, label
 # smoothing, learning-rate reduction and early stopping on dev BLEU) and changes only what
 # its name says. The textbook's knobs stay visible.
-COMMON = "--latent-dim 384 --batch-size 64 --dev-bleu-sentences 500 --seed 1"
+COMMON = "--latent-dim 384 --batch-size 64 --dev-bleu-sentences 500"
+SEED = 1  # every row's seed unless --seed says otherwise
 NO_ATTENTION = "--attention none"
 WORD = "--level word --max-vocab 16000"
 
@@ -60,13 +63,13 @@ def seq2seq(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE)
 
 
-def run(name: str, train_model: bool = True) -> None:
-    """Train row `name` (unless `train_model` is false: a finished or resumed run), then
-    score it on the test split, greedy and with beam search."""
+def run(name: str, train_model: bool = True, seed: int = SEED) -> None:
+    """Train row `name` with `seed` (unless `train_model` is false: a finished or resumed
+    run), then score it on the test split, greedy and with beam search."""
     direction, configuration = name.split("/")
     arguments, minutes = CONFIGURATIONS[configuration]
-    model_dir = RUNS / direction / configuration
-    options = shlex.split(f"{DIRECTIONS[direction]} {arguments} {COMMON}")
+    model_dir = RUNS / direction / (configuration if seed == SEED else f"{configuration}-seed{seed}")
+    options = shlex.split(f"{DIRECTIONS[direction]} {arguments} {COMMON} --seed {seed}")
     command = ["train", "--data", str(CORPUS), *options, "--time-budget", str(minutes)]
     command += ["--model-dir", str(model_dir), "--overwrite", "--quiet"]
     train = shlex.join(command)
@@ -83,6 +86,8 @@ def run(name: str, train_model: bool = True) -> None:
                 "row": name,
                 "direction": direction,
                 "configuration": configuration,
+                "seed": seed,
+                "machine": cpu_name(),
                 "settings": train,
                 "decoding": "greedy" if beam == 1 else f"beam {beam}",
                 "bleu": round(scores["bleu"], 1),
@@ -92,7 +97,7 @@ def run(name: str, train_model: bool = True) -> None:
                 "training_minutes": round(float(history[-1]["seconds"]) / 60, 1),
                 "epochs": len(history),
                 "wall_minutes": round((time.time() - started) / 60, 1),
-                "script": f"python bench/quality.py {name}",
+                "script": f"python bench/quality.py {name}" + ("" if seed == SEED else f" --seed {seed}"),
             }
         )
 
@@ -126,10 +131,10 @@ def _append(record: dict) -> None:
 
 def table() -> str:
     """The latest result of each row and decoding, as a Markdown table."""
-    latest: dict[tuple[str, str], dict] = {}
+    latest: dict[tuple[str, int, str], dict] = {}
     for line in RESULTS.read_text().splitlines():
         record = json.loads(line)
-        latest[(record["row"], record["decoding"])] = record
+        latest[(record["row"], record.get("seed", SEED), record["decoding"])] = record
     lines = [
         "| direction | configuration | decoding | test BLEU | test chrF | training min | epochs | reproduce |",
         "|---|---|---|---|---|---|---|---|",
@@ -138,11 +143,12 @@ def table() -> str:
 
     def position(key: tuple[str, str]) -> tuple:
         direction, configuration = key[0].split("/")
-        return list(DIRECTIONS).index(direction), order.index(configuration), "beam" in key[1]
+        return list(DIRECTIONS).index(direction), order.index(configuration), key[1], "beam" in key[2]
 
-    for (_, decoding), r in sorted(latest.items(), key=lambda item: position(item[0])):
+    for (_, seed, decoding), r in sorted(latest.items(), key=lambda item: position(item[0])):
+        configuration = r["configuration"] + ("" if seed == SEED else f" (seed {seed})")
         lines.append(
-            f"| {r['direction']} | {r['configuration']} | {decoding} | {r['bleu']} | {r['chrf']} | "
+            f"| {r['direction']} | {configuration} | {decoding} | {r['bleu']} | {r['chrf']} | "
             f"{r['training_minutes']} | {r['epochs']} | `{r['script']}` |"
         )
     return "\n".join(lines)
@@ -155,6 +161,9 @@ def main() -> int:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--no-train", action="store_true", help="score the rows' existing models (e.g. after --resume)")
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help=f"the rows' seed (default: {SEED}; others get their own model directory)"
+    )
     args = parser.parse_args()
     names = [f"{d}/{c}" for d in DIRECTIONS for c in [*CONFIGURATIONS, "textbook"]]
     if args.list:
@@ -171,7 +180,7 @@ def main() -> int:
         if name.endswith("/textbook"):
             run_textbook(name.split("/")[0])
         else:
-            run(name, train_model=not args.no_train)
+            run(name, train_model=not args.no_train, seed=args.seed)
     print(table())
     return 0
 

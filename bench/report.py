@@ -4,8 +4,8 @@
     python bench/report.py          # when the results name their machine ("machine" field)
 
 Reads bench/results/speed.json (written by `make bench`, i.e. bench/run.py) and, where
-they exist, bench/results/default.json (the default configuration against the PyTorch
-peer: `python bench/default.py run --results bench/results/default.json`) and
+they exist, bench/results/default/*.json (the default configuration against the PyTorch
+peer, one file per CPU: `python bench/default.py run --results`, then `quality --results`) and
 bench/results/serve.json (`python bench/serve.py`), and writes the generated part of
 docs/performance.md: the run's header (the CPU, the command, where the numbers come
 from), the main table against the textbook recipe, the table of levers (each measured
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import LEVERS, first_reaching  # noqa: E402  (bench/run.py: the lever labels)
 
 SPEED = ROOT / "bench" / "results" / "speed.json"
-DEFAULT = ROOT / "bench" / "results" / "default.json"
+DEFAULT = ROOT / "bench" / "results" / "default"  # a file per CPU
 SERVE = ROOT / "bench" / "results" / "serve.json"
 OUT = ROOT / "docs" / "performance.md"
 END = "<!-- end of the part bench/report.py writes; what follows is kept when it runs again -->"
@@ -184,11 +184,67 @@ def speed_tables(r: dict) -> tuple[str, str, str]:
 
 def default_table(results: dict) -> str:
     """bench/default.py's table of the default configuration against the PyTorch peer."""
-    if "table" in results:
-        return results["table"]
     from default import table  # numpy and part of seq2seq: only when there is something to show
 
-    return table(results) + (f"\n\n{results['machine']}" if "machine" in results else "")
+    return table(results)
+
+
+def ratio(results: dict, measurement: str, key: str) -> float:
+    return results[f"{measurement}_seq2seq"][key] / results[f"{measurement}_torch"][key]
+
+
+def default_summary(by_cpu: dict[str, dict]) -> str:
+    """One row per CPU: ours / torch for what issue 20 sets targets on."""
+    from default import TIME_RATIO_TARGET, first_reaching
+
+    lines = [
+        "| CPU | training pairs/s | greedy sentences/s | beam-5 sentences/s | time to dev BLEU 30 |",
+        "|---|---:|---:|---:|---:|",
+        f"| target (ours / PyTorch) | ≥ 2× | ≥ 5× | ≥ 3× | ≤ {TIME_RATIO_TARGET} |",
+    ]
+    for cpu, r in by_cpu.items():
+        time_ratio = "not measured"
+        if "quality_seq2seq" in r:
+            target = r.get("bleu_target", 30.0)
+            ours, theirs = (first_reaching(r[f"quality_{side}"]["curve"], target) for side in ("seq2seq", "torch"))
+            time_ratio = f"{ours[1] / theirs[1]:.2f}" if ours and theirs else "not reached"
+        lines.append(
+            f"| {cpu} | {ratio(r, 'train', 'pairs_per_s'):.2f}× | {ratio(r, 'decode_beam1', 'sentences_per_s'):.2f}× "
+            f"| {ratio(r, 'decode_beam5', 'sentences_per_s'):.2f}× | {time_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def default_section(files: list[Path]) -> list[str]:
+    """The summary across CPUs, then each CPU's latest run in full, newest first."""
+    by_cpu = {}
+    for path in files:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if "train_seq2seq" in results:  # a `quality` run alone has no table of its own
+            by_cpu[results["machine"]] = results | {"source": path}
+    by_cpu = dict(sorted(by_cpu.items(), key=lambda item: item[1].get("run", ""), reverse=True))
+    if not by_cpu:
+        return [
+            "Not measured in a recorded run yet: `python bench/default.py run --results` (needs `pip",
+            "install -e '.[bench]'` and the spa-eng corpus in `../shared`) measures `seq2seq train`'s",
+            "default model against the same model written in PyTorch (`bench/torch_peer.py`) and keeps",
+            "the run in bench/results/default/, one file per CPU; this script then adds its table here.",
+        ]
+    lines = [
+        "`python bench/default.py run --results`, then `python bench/default.py quality --results`",
+        "(needs `pip install -e '.[bench]'`): `seq2seq train`'s default model against the same model",
+        "written in PyTorch (`bench/torch_peer.py`), on the same split, SentencePiece codecs and",
+        "batches; decoding compares one model's weights on both sides. Each CPU keeps its latest run",
+        "in bench/results/default/. Ours / PyTorch, on each CPU:",
+        "",
+        default_summary(by_cpu),
+    ]
+    for cpu, r in by_cpu.items():
+        source = r.pop("source")
+        stamps = "; ".join(f"{name} {r[key]}" for name, key in (("run", "run"), ("quality", "quality_run")) if key in r)
+        lines += ["", f"### {cpu}", "", f"From {source.relative_to(ROOT)} {provenance(source)}; {stamps}:"]
+        lines += ["", default_table(r)]
+    return lines
 
 
 def serve_section(serve: dict) -> list[str]:
@@ -228,8 +284,7 @@ def generate(
     speed: dict,
     cpu: str,
     run: str | None,
-    default: dict | None,
-    default_source: Path = DEFAULT,
+    default_files: list[Path],
     serve: dict | None = None,
 ) -> str:
     if speed.get("settings", {}).get("quick"):
@@ -288,27 +343,7 @@ def generate(
         "## The default configuration against PyTorch",
         "",
     ]
-    if default is not None:
-        source = f"{default_source.relative_to(ROOT)} {provenance(default_source)}"
-        if default_source == SPEED:
-            source = f'the "default" entry of {source}'
-        lines += [
-            "`python bench/default.py run --results bench/results/default.json` (needs `pip install -e",
-            "'.[bench]'`): `seq2seq train`'s default model against the same model written in PyTorch",
-            "(`bench/torch_peer.py`), on the same split, SentencePiece codecs and batches; decoding",
-            f"compares one model's weights on both sides. From {source}"
-            + (f"; run {default['run']}" if "run" in default else "")
-            + ":",
-            "",
-            default_table(default),
-        ]
-    else:
-        lines += [
-            "Not measured in a recorded run yet: `python bench/default.py run --results",
-            "bench/results/default.json` (needs `pip install -e '.[bench]'` and the spa-eng corpus in",
-            "`../shared`) measures `seq2seq train`'s default model against the same model written",
-            "in PyTorch (`bench/torch_peer.py`); this script then adds its table here.",
-        ]
+    lines += default_section(default_files)
     if serve is not None:
         lines += ["", *serve_section(serve)]
     return "\n".join(lines) + "\n\n" + END + "\n"
@@ -328,12 +363,8 @@ def main() -> int:
     cpu = args.cpu or speed.get("machine")
     if not cpu:
         sys.exit(f'{SPEED.relative_to(ROOT)} does not name its CPU: say which with --cpu "NAME, N cores"')
-    if DEFAULT.is_file():
-        default, source = json.loads(DEFAULT.read_text(encoding="utf-8")), DEFAULT
-    else:  # bench/run.py keeps the default rows of its run in speed.json too
-        default, source = speed.get("default"), SPEED
     serve = json.loads(SERVE.read_text(encoding="utf-8")) if SERVE.is_file() else None
-    text = generate(speed, cpu, args.run, default, source, serve)
+    text = generate(speed, cpu, args.run, sorted(DEFAULT.glob("*.json")), serve)
     if args.out.is_file():
         kept = args.out.read_text(encoding="utf-8").partition(END)[2]
         text += kept.lstrip("\n") and "\n" + kept.lstrip("\n")

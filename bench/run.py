@@ -24,6 +24,9 @@ from seq2seq.launch import huge_page_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+
+from run_info import cpu_name, run_stamp  # noqa: E402  (bench/run_info.py)
+
 RESULTS = ROOT / "bench" / "results" / "speed.json"
 MEMORY_BUDGET = 12 * 2**30  # the textbook's one-hot arrays may take half of this machine's 24 GB
 SEQUENTIAL = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
@@ -241,15 +244,18 @@ def main() -> int:
     # the configuration users train, beside the PyTorch peer (bench/default.py; needs the bench extra)
     default = None
     if not args.no_default:
-        from default import default_rows
+        from default import default_rows, keep, results_file
 
         default = default_rows(quick)
         results["default"] = {key: value for key, value in default.items() if key != "table"}
+        if not quick:  # this CPU's latest run of the default configuration, for bench/report.py
+            keep({**results["default"], "run": run_stamp(started) + ", `make bench`"}, results_file(cpu_name()))
 
     results = SavedResults((key, value) for key, value in results.items() if value is not None)
     results["word_sample"] = {"pairs": word_pairs, "textbook_array_mb": round(word_bytes / 2**20)}
     results["settings"] = {"quick": quick, **{k: v for k, v in vars(args).items() if k != "quick"}}
     results["total_minutes"] = round((time.time() - started) / 60, 1)
+    results["machine"] = cpu_name()
     print(table(results, best_epoch))
     if default is not None:
         print("\n## Default configuration against the PyTorch peer\n\n" + default["table"])

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 
 import httpx
+from run_info import cpu_name, run_stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "serve.json"
@@ -59,16 +59,6 @@ def rss_mib(pid: int) -> float:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def cpu_name() -> str:
-    """The CPU's model name, family and model number (AMD's names do not say Zen 4 or 5)."""
-    info = dict(
-        line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
-    )  # the first processor's lines are overwritten by the others': all cores are alike here
-    name = " ".join(info.get("model name\t", platform.machine()).split())
-    family, model = info.get("cpu family\t", "?").strip(), info.get("model\t\t", "?").strip()
-    return f"{name} (family {family}, model {model}), {len(os.sched_getaffinity(0))} cores"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -189,17 +179,6 @@ def bare_decoder(model_dir: Path, sentences: list[str], batch: int, seconds: flo
     return {**summary(latencies, elapsed, 0, float(batch)), "sentences": count, "sentences_per_s": count / elapsed}
 
 
-def commit() -> str:
-    """The checked-out commit, with "+ changes" when the code differs from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]
-        dirty = subprocess.run(status, cwd=ROOT, capture_output=True)  # results files are not code
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + (" + changes" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, help="a trained model (default: the default configuration)")
@@ -211,7 +190,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    started = time.time()
     work = ROOT / "runs" / "bench-serve"
     work.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir or work / f"default-{args.train_minutes:g}min"
@@ -276,7 +255,7 @@ def main() -> int:
     with_model = {"model_dir": str(model_dir), "clients": args.clients, "seconds": args.seconds}
     result = {**with_model, "window_ms": args.window_ms, "cpu": cpu, "cores": os.cpu_count()}
     result |= {"rows": rows, "memory": memory, "checks": checks}
-    result["run"] = f"{started}-{time.strftime('%H:%M', time.gmtime())} UTC, commit {commit()}"
+    result["run"] = run_stamp(started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"written to {args.out}", file=sys.stderr)

@@ -27,6 +27,8 @@ from seq2seq.model import build_model
 from seq2seq.server import Batcher, DeadlineExceeded, NotRunning, QueueFull, ServerSettings, create_app
 from seq2seq.training import train
 
+from .conftest import bench_module
+
 # Reversing strings of 2-6 letters, with Luong attention (for the heatmap): about 20 s to
 # train on two busy cores, and it reverses most held-out strings.
 TINY = dict(
@@ -528,25 +530,10 @@ def test_serve_options_match_the_settings():
 # ---------------------------------------------------------------------------- bench/serve.py
 
 
-def _bench_module(name: str):
-    import importlib.util
-    import sys
-
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))  # report.py imports its neighbours
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-    return module
-
-
 def test_the_serve_benchs_bare_decoder_row_and_its_report(model_dir):
     """bench/serve.py's bare decoder decodes whole batches of the asked size, timed and
     bounded; bench/report.py renders the serving table with its share of that row."""
-    serve = _bench_module("serve")
+    serve = bench_module("serve")
     sentences = ["ab", "abc", "hgfa", "ggg", "abcdefgh", "dd"]
     bare = serve.bare_decoder(model_dir, sentences, 3, 0.2, 30)
     assert 0 < bare["sentences"] <= 30 and bare["sentences"] % 3 == 0
@@ -556,6 +543,6 @@ def test_the_serve_benchs_bare_decoder_row_and_its_report(model_dir):
     result = {"cpu": "a CPU, 2 cores", "clients": 32, "seconds": 0.2, "window_ms": 5.0, "rows": rows}
     result["memory"] = {"rss_after_warmup_mib": 1000.0, "rss_after_run_mib": 1010.0}
     result["checks"] = {"speedup_vs_one_at_a_time": 4.0, "share_of_bare_decoder": 0.5}
-    text = "\n".join(_bench_module("report").serve_section(result))
+    text = "\n".join(bench_module("report").serve_section(result))
     assert "| batching on |" in text and "| 1.50 |" in text and "| bare decoder |" in text
     assert "4.0× one at a time, 50% of the bare decoder at the same batch size" in text

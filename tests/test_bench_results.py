@@ -1,0 +1,65 @@
+"""bench/default.py keeps each CPU's latest run in a file of its own; bench/report.py
+shows every CPU's ratios side by side. No benchmark runs here: made-up measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .conftest import bench_module
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def measurements(ours: float, theirs: float) -> dict:
+    """The keys bench/default.py's `run` writes, with ours / torch = ours / theirs everywhere."""
+    train = {"batches": 10, "pairs": 640, "real_target_tokens": 6000, "padding_share": 0.1, "first_pass_seconds": 60.0}
+    train |= {"pass_seconds": 10.0, "last_pass_loss": 5.0, "peak_rss_mb": 2000}
+    decode = {"sentences": 1000, "batch_size": 64, "first_pass_seconds": 8.0, "peak_rss_mb": 800}
+    results = {"sizes": {}, "quick": False}
+    for side, speed in (("seq2seq", ours), ("torch", theirs)):
+        results[f"train_{side}"] = train | {"pairs_per_s": speed, "real_target_tokens_per_s": 10 * speed}
+        for beam in (1, 5):
+            results[f"decode_beam{beam}_{side}"] = decode | {"sentences_per_s": speed / beam}
+    results |= {"decode_beam1_agreement": 1.0, "decode_beam5_agreement": 1.0, "total_minutes": 8.0}
+    return results
+
+
+def test_each_cpu_keeps_its_latest_run_and_quality_beside_it(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    default = bench_module("default")
+    assert default.results_file("Intel(R) Xeon(R) Processor (family 6, model 167), 2 cores").name == (
+        "intel-r-xeon-r-processor-family-6-model-167.json"
+    )
+    path = tmp_path / "cpu.json"
+    default.keep(measurements(300.0, 200.0) | {"run": "first"}, path)
+    curve = {"curve": [[300, 60.0, 10.0], [600, 120.0, 31.0]], "dev": 300}
+    default.keep({"quality_seq2seq": curve, "quality_torch": curve, "quality_run": "q"}, path)
+    default.keep(measurements(400.0, 200.0) | {"run": "second"}, path)  # a later run replaces the first
+    kept = json.loads(path.read_text())
+    assert kept["run"] == "second" and kept["quality_run"] == "q" and kept["train_seq2seq"]["pairs_per_s"] == 400.0
+    assert kept["machine"] == bench_module("run_info").cpu_name() and "table" not in kept
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_report_shows_every_cpus_ratios_newest_first(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    report = bench_module("report")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    files = []
+    for name, ours, run in (("old", 300.0, "2026-01-01"), ("new", 500.0, "2026-02-01")):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(measurements(ours, 100.0) | {"machine": f"CPU {name}", "run": run}))
+    curve = {"curve": [[300, 60.0, 10.0], [600, 120.0, 31.0]], "dev": 300}
+    slower = {"curve": [[300, 100.0, 20.0], [600, 200.0, 30.5]], "dev": 300}
+    data = json.loads(files[0].read_text()) | {"quality_seq2seq": curve, "quality_torch": slower}
+    files[0].write_text(json.dumps(data))
+    files.append(tmp_path / "quality-only.json")  # no `run` yet: nothing to show for it
+    files[-1].write_text(json.dumps({"machine": "CPU q", "quality_seq2seq": curve, "quality_torch": curve}))
+    text = "\n".join(report.default_section(files))
+    rows = [line for line in text.splitlines() if line.startswith(("| CPU new", "| CPU old"))]
+    assert len(rows) == 2
+    assert rows[0].startswith("| CPU new | 5.00× | 5.00× | 5.00× | not measured |")
+    assert rows[1].startswith("| CPU old | 3.00× | 3.00× | 3.00× | 0.60 |")  # 120 s against 200 s to BLEU 30
+    assert text.index("### CPU new") < text.index("### CPU old") and "CPU q" not in text
+    assert "| greedy decoding, sentences/s (1000 held-out, batch 64) | 500.0 | 100.0 | 5.00× |" in text
