@@ -44,10 +44,13 @@ def count_calls(monkeypatch, module, name: str) -> list:
 
 
 def bench_module(name: str):
-    """bench/NAME.py as a module (bench/ is not a package; its scripts import their neighbours)."""
+    """bench/NAME.py as a module, loaded once (bench/ is not a package; its scripts import
+    their neighbours)."""
     import importlib.util
     import sys
 
+    if f"bench_{name}" in sys.modules:
+        return sys.modules[f"bench_{name}"]
     bench = Path(__file__).resolve().parents[1] / "bench"
     sys.path.insert(0, str(bench))  # report.py imports its neighbours
     try:

@@ -5,7 +5,6 @@ killed at random moments and resumed ends with an uninterrupted run's weights.""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -30,17 +29,9 @@ from seq2seq.sweep import write_results
 from seq2seq.training import _truncate_history, build_model, compile_model
 from seq2seq.vocab import CharTokenizer, Codec, SubwordTokenizer, WordTokenizer
 
+from .conftest import bench_module
+
 ROOT = Path(__file__).resolve().parents[1]
-SOAK_PATH = ROOT / "bench" / "kill_soak.py"
-
-
-def _kill_soak():
-    if "bench_kill_soak" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_kill_soak", SOAK_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # before running it: its dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules["bench_kill_soak"]
 
 
 # --- the writers: WRITERS[name](directory, version) prepares what version 1 or 2 of its --
@@ -316,7 +307,7 @@ def test_training_removes_temporaries_a_kill_left(tmp_path):
 
 @pytest.fixture(scope="module")
 def soak():
-    return _kill_soak()
+    return bench_module("kill_soak")
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +422,9 @@ def test_read_only_model_directory_ends_in_one_line_and_loses_nothing(finished, 
     model_dir = _copy(finished[0], tmp_path)
     before = _tree(model_dir)
     args = ["train", "--model-dir", str(model_dir), "--quiet"]
-    args += ["--resume", "--epochs", "6"] if command == "resume" else ["--overwrite", *_kill_soak().SETTINGS]
+    args += (
+        ["--resume", "--epochs", "6"] if command == "resume" else ["--overwrite", *bench_module("kill_soak").SETTINGS]
+    )
     wrap, how = _read_only_runner()
     _make_read_only(model_dir)
     try:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import importlib.util
 import json
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +23,7 @@ from seq2seq.cli import SERVE_OPTIONS
 from seq2seq.decoding import DecodingOptions
 from seq2seq.server import ServerSettings, create_app
 
+from .conftest import bench_module
 from .test_server import app_for, assert_error, client_of, run, trained_model_dir
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the dev extras")
@@ -40,7 +39,6 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-SOAK_PATH = Path(__file__).resolve().parents[1] / "bench" / "serve_soak.py"
 ERROR_KEYS = {"code", "message", "param"}
 
 
@@ -489,9 +487,7 @@ def test_past_the_queue_capacity_some_are_429_and_the_rest_answered(server):
 
 def test_memory_stays_flat_over_a_short_soak(server):
     process, url = server
-    spec = importlib.util.spec_from_file_location("bench_serve_soak", SOAK_PATH)
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
+    soak = bench_module("serve_soak")
     texts = ["abc", "hgfedc", "ab", "gggh", "abcdefgh", "e"]  # lengths as the model was trained on, and longer
     report = asyncio.run(
         soak.soak(url, process.pid, clients=4, seconds=6.0, warmup_s=2.0, sample_every_s=1.0, texts=texts)

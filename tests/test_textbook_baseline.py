@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-TEXTBOOK_PATH = Path(__file__).resolve().parents[1] / "bench" / "textbook.py"
+from .conftest import bench_module
 
-
-def _load_textbook():
-    spec = importlib.util.spec_from_file_location("bench_textbook", TEXTBOOK_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while building the class
-    spec.loader.exec_module(module)
-    return module
-
-
-textbook = _load_textbook()
+textbook = bench_module("textbook")
 
 WORDS = {"cat": "gato", "dog": "perro", "house": "casa", "red": "rojo", "big": "grande", "sun": "sol"}
 

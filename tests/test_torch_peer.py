@@ -3,10 +3,7 @@ weights of a Keras default-config model it gives the same logits, loss and outpu
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,21 +17,14 @@ from seq2seq.decoding import BeamSearchDecoder, GreedyDecoder  # noqa: E402
 from seq2seq.losses import MaskedCrossEntropy  # noqa: E402
 from seq2seq.model import build_model, inference_parts  # noqa: E402
 
-PEER_PATH = Path(__file__).resolve().parents[1] / "bench" / "torch_peer.py"
+from .conftest import bench_module  # noqa: E402
+
 VOCAB = 23
 # the default configuration at small sizes: tied embeddings with the bridge (latent != embedding)
 CONFIG = Config(embedding_dim=6, latent_dim=10)
 
 
-def _load_peer():
-    spec = importlib.util.spec_from_file_location("bench_torch_peer", PEER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while building the class
-    spec.loader.exec_module(module)
-    return module
-
-
-peer_module = _load_peer()
+peer_module = bench_module("torch_peer")
 
 
 @pytest.fixture(scope="module")
