@@ -372,9 +372,11 @@ def measure_decode(args) -> None:
     texts = [p.source for p in data.split.test[: args.sentences]]
     extra: dict = {}
     if args.impl == "seq2seq":
+        from seq2seq import backend
         from seq2seq.api import Seq2Seq
         from seq2seq.decoding import DecodingOptions
 
+        extra["bf16_logits"] = backend.bfloat16_logits()
         system = Seq2Seq.load(trained)
         options = DecodingOptions(beam=args.beam, batch_size=DECODE_BATCH)
 
@@ -408,7 +410,8 @@ def measure_decode(args) -> None:
         ids, outputs = text_to_text()
         passes.append(time.perf_counter() - started)
     seconds = statistics.median(passes)
-    written = trained / f"outputs-{args.impl}-beam{args.beam}.txt"
+    logits = "-bf16" if extra.get("bf16_logits") else ""
+    written = trained / f"outputs-{args.impl}-beam{args.beam}{logits}.txt"
     written.write_text("".join(f"{o}\n" for o in outputs), encoding="utf-8")
     report(
         measurement="decode",
@@ -561,15 +564,18 @@ FULL = Sizes(train_batches=100, train_passes=1, model_batches=600, sentences=HEL
 QUICK = Sizes(train_batches=10, train_passes=1, model_batches=60, sentences=100, decode_passes=1)
 
 
-def measure(*args: str, impl: str = "seq2seq", jax_cache: bool = False, huge_pages: bool = True) -> dict:
+def measure(
+    *args: str, impl: str = "seq2seq", jax_cache: bool = False, huge_pages: bool = True, bf16_logits: str = "auto"
+) -> dict:
     """Run one measurement of this file in its own process; its JSON line as a dict. Ours
     starts as the `seq2seq` command starts itself (glibc's huge-page tunable, launch.py),
-    unless `huge_pages` is False."""
+    unless `huge_pages` is False; `bf16_logits` sets SEQ2SEQ_BF16_LOGITS."""
     from seq2seq.launch import huge_page_environment
 
     command = [sys.executable, __file__, *args, *(["--impl", impl] if args[0] in MEASUREMENTS else [])]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("GLIBC_TUNABLES", None)
+    env["SEQ2SEQ_BF16_LOGITS"] = bf16_logits
     if impl == "seq2seq":
         if huge_pages:
             env = huge_page_environment(env) or env
@@ -616,6 +622,11 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
         results[f"decode_beam{beam}_agreement"] = agreement(
             results[f"decode_beam{beam}_seq2seq"], results[f"decode_beam{beam}_torch"]
         )
+        # decoding's lever (backend.bfloat16_logits), measured where the default turns it on
+        if results[f"decode_beam{beam}_seq2seq"].get("bf16_logits"):
+            results[f"decode_beam{beam}_seq2seq_float32_logits"] = measure(
+                "decode", *decode, "--beam", str(beam), jax_cache=jax_cache, bf16_logits="off"
+            )
     results["total_minutes"] = round((time.time() - started) / 60, 1)
     results["machine"] = cpu_name()
     results["table"] = table(results) + f"\n\n{results['machine']}; {results['total_minutes']} min in all"
@@ -651,6 +662,12 @@ def table(r: dict) -> str:
         )
         share = r[f"decode_beam{beam}_agreement"]
         rows.append(f"| {name} outputs identical (same weights) | {share:.1%} | | |")
+        if f"decode_beam{beam}_seq2seq_float32_logits" in r:
+            exact = r[f"decode_beam{beam}_seq2seq_float32_logits"]["sentences_per_s"]
+            rows.append(
+                f"| {name} decoding, sentences/s with float32 logits (the default here: bfloat16, backend.py)"
+                f" | {exact:,} | | {exact / ours['sentences_per_s']:.2f}× of ours with them |"
+            )
     compare("peak memory, training (MB)", ts, tt, "peak_rss_mb")
     compare("peak memory, greedy decoding (MB)", r["decode_beam1_seq2seq"], r["decode_beam1_torch"], "peak_rss_mb")
     compare("peak memory, beam-5 decoding (MB)", r["decode_beam5_seq2seq"], r["decode_beam5_torch"], "peak_rss_mb")

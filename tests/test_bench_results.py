@@ -63,3 +63,13 @@ def test_the_report_shows_every_cpus_ratios_newest_first(tmp_path, monkeypatch):
     assert rows[1].startswith("| CPU old | 3.00× | 3.00× | 3.00× | 0.60 |")  # 120 s against 200 s to BLEU 30
     assert text.index("### CPU new") < text.index("### CPU old") and "CPU q" not in text
     assert "| greedy decoding, sentences/s (1000 held-out, batch 64) | 500.0 | 100.0 | 5.00× |" in text
+
+
+def test_the_table_shows_the_float32_logits_row_where_bfloat16_was_the_default(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    default = bench_module("default")
+    plain = measurements(300.0, 200.0)
+    assert "float32 logits" not in default.table(plain)
+    lever = plain | {"decode_beam1_seq2seq_float32_logits": {"sentences_per_s": 240.0}}
+    row = "| greedy decoding, sentences/s with float32 logits (the default here: bfloat16, backend.py) | 240.0 | | 0.80× "
+    assert row in default.table(lever)

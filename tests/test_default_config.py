@@ -118,6 +118,16 @@ def test_learns_held_out_numbers(split, held_out):
     assert greedy.bleu >= MIN_BLEU and greedy.exact_match >= MIN_EXACT, greedy.table()
 
 
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_learns_held_out_numbers_with_or_without_bfloat16_logits(monkeypatch, model_dir, split, setting):
+    if setting == "on" and keras.backend.backend() != "jax":
+        pytest.skip("bfloat16 logits are a JAX path")
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", setting)
+    system = Seq2Seq.load(model_dir)
+    greedy = score(system.translate([p.source for p in split.test]), [p.target for p in split.test])
+    assert greedy.bleu >= MIN_BLEU and greedy.exact_match >= MIN_EXACT, greedy.table()
+
+
 def test_beam_search_scores_at_least_as_well_as_greedy(held_out):
     greedy, beam = held_out["greedy"], held_out["beam"]
     assert beam.bleu >= greedy.bleu - BEAM_MARGIN_BLEU, f"beam 4: {beam.bleu:.1f}, greedy: {greedy.bleu:.1f}"

@@ -60,6 +60,32 @@ def sample_categorical(logits, seed):
     raise NotImplementedError(f"sampling is not implemented for the {name()} backend")
 
 
+def bfloat16_logits() -> bool:
+    """Whether decoders compute the tied output layer's logits from bfloat16 operands,
+    summed in float32 (training and its losses never do). SEQ2SEQ_BF16_LOGITS=on or off;
+    by default on where it was measured to pay: JAX on a CPU with AMX, whose bfloat16
+    matrix products run the (B, E) @ (E, V) product about 4x faster than float32."""
+    setting = os.environ.get("SEQ2SEQ_BF16_LOGITS", "auto").strip().lower()
+    if setting not in ("on", "off", "auto"):
+        raise ValueError(f"SEQ2SEQ_BF16_LOGITS must be on, off or auto, not {setting!r}")
+    if name() != "jax" or setting == "off":
+        return False
+    if setting == "on":
+        return True
+    import jax
+
+    from .native import cpu_flags
+
+    return jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags()
+
+
+def matmul_bfloat16(x, y):
+    """x (..., K) @ y (K, N) from bfloat16 operands with float32 sums and result (JAX)."""
+    import jax.numpy as jnp
+
+    return jnp.matmul(x.astype(jnp.bfloat16), y.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
 def use_all_devices():
     """Data parallelism over every local device (and, on JAX, every host started with
     `jax.distributed.initialize`): each batch is split across devices, gradients are

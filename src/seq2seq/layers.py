@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 import keras
 from keras import layers, ops
 
+from . import backend
 from .vocab import PAD_ID
 
 
@@ -197,15 +198,18 @@ class TiedEmbedding(layers.Embedding):
     """An embedding whose matrix also serves as the output layer (weight tying).
 
     ids (B, T) -> vectors (B, T, E); with `reverse=True`, vectors (B, T, E) -> logits
-    (B, T, V) = vectors @ embeddings^T.
+    (B, T, V) = vectors @ embeddings^T, from bfloat16 operands with float32 sums when
+    `bfloat16` is also True (decoding, on JAX: backend.bfloat16_logits).
     """
 
-    def call(self, inputs, reverse=False):
+    def call(self, inputs, reverse=False, bfloat16=False):
+        if reverse and bfloat16:
+            return backend.matmul_bfloat16(inputs, ops.transpose(self.embeddings))
         if reverse:
             return ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
         return super().call(inputs)
 
-    def compute_output_spec(self, inputs, reverse=False):
+    def compute_output_spec(self, inputs, reverse=False, bfloat16=False):
         if reverse:
             return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype)
         return super().compute_output_spec(inputs)

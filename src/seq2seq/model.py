@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
-from . import row_sparse
+from . import backend, row_sparse
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
 from .files import DECODER_INPUT_IDS, SOURCE_IDS
@@ -130,9 +130,18 @@ def initial_decoder_state(config: Config, encoder_states: list) -> list:
     return list(encoder_states)
 
 
-def decode(config: Config, found: LayerSource, target_ids, context: list, state: list, vocab_size: int):
+def decode(
+    config: Config,
+    found: LayerSource,
+    target_ids,
+    context: list,
+    state: list,
+    vocab_size: int,
+    bfloat16_logits: bool = False,
+):
     """Decoder input ids (B, T) and state -> logits (B, T, V), attention (B, T, S) or None,
-    final state. `context` is [memory, keys, source mask] with attention, else []."""
+    final state. `context` is [memory, keys, source mask] with attention, else [].
+    `bfloat16_logits`: tied logits from bfloat16 operands (backend.bfloat16_logits)."""
     units = config.latent_dim
     x = token_projection(config, found, "target", vocab_size, 4 * units, target_ids)
     if config.attention == "none":
@@ -166,7 +175,7 @@ def decode(config: Config, found: LayerSource, target_ids, context: list, state:
     if config.tie_embeddings:
         if units != config.embedding_dim:
             x = found.get("output_bridge", lambda n: layers.Dense(config.embedding_dim, name=n))(x)
-        logits = found.get("target_embedding")(x, reverse=True)
+        logits = found.get("target_embedding")(x, reverse=True, bfloat16=bfloat16_logits)
     else:
         logits = found.get(OUTPUT_PROJECTION, lambda n: layers.Dense(vocab_size, name=n))(x)
     return logits, attention, new_state
@@ -238,7 +247,9 @@ def inference_parts(model: keras.Model, config: Config) -> InferenceParts:
     previous = keras.Input(shape=(1,), dtype="int32", name="previous_ids")
     context_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"context_{i}") for i, t in enumerate(context)]
     state_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"state_{i}") for i, t in enumerate(state)]
-    logits, attention, new_state = decode(config, found, previous, context_in, state_in, vocab_size=0)
+    logits, attention, new_state = decode(
+        config, found, previous, context_in, state_in, vocab_size=0, bfloat16_logits=backend.bfloat16_logits()
+    )
     attention = ops.zeros_like(logits[:, 0, :0]) if attention is None else attention[:, 0, :]
     step = keras.Model([previous, *context_in, *state_in], [logits[:, 0, :], attention, *new_state], name="step")
     return InferenceParts(encoder, step, num_context=len(context))

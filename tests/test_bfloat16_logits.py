@@ -1,0 +1,84 @@
+"""Decoding's bfloat16 logits (backend.bfloat16_logits): the tied output layer's product
+from bfloat16 operands with float32 sums, in the decoders only. Forced on here, so it
+runs on every CPU (emulated where the CPU has no bfloat16 instructions)."""
+
+from __future__ import annotations
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+from keras import ops
+
+from seq2seq import backend
+from seq2seq.config import Config
+from seq2seq.layers import TiedEmbedding
+from seq2seq.model import build_model, inference_parts
+from seq2seq.native import cpu_flags
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="bfloat16 logits are a JAX path")
+
+
+def _rounded(x: np.ndarray) -> np.ndarray:
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("on", True), ("off", False), (" OFF ", False)])
+def test_the_switch(monkeypatch, setting, expected):
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", setting)
+    assert backend.bfloat16_logits() is expected
+
+
+def test_by_default_on_where_it_pays(monkeypatch):
+    import jax
+
+    monkeypatch.delenv("SEQ2SEQ_BF16_LOGITS", raising=False)
+    assert backend.bfloat16_logits() == (jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags())
+
+
+def test_a_wrong_setting_is_named(monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "yes")
+    with pytest.raises(ValueError, match="SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'"):
+        backend.bfloat16_logits()
+
+
+def test_logits_are_the_float32_sums_of_rounded_operands():
+    rng = np.random.default_rng(0)
+    layer = TiedEmbedding(300, 48)
+    layer.build((None, None))
+    embeddings = rng.normal(size=(300, 48)).astype("float32")
+    layer.embeddings.assign(embeddings)
+    vectors = rng.normal(size=(2, 3, 48)).astype("float32")
+
+    exact = ops.convert_to_numpy(layer(vectors, reverse=True))
+    fast = ops.convert_to_numpy(layer(vectors, reverse=True, bfloat16=True))
+    reference = np.einsum("bte,ve->btv", _rounded(vectors).astype(np.float64), _rounded(embeddings).astype(np.float64))
+
+    assert fast.dtype == np.float32 and fast.shape == (2, 3, 300)
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(exact, vectors @ embeddings.T, rtol=1e-5, atol=1e-4)
+    assert np.abs(fast - exact).max() > 1e-3  # the operands were rounded: not the float32 product
+
+
+def test_only_the_decoding_step_uses_them(monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "on")
+    keras.utils.set_random_seed(0)
+    config = Config(latent_dim=16, embedding_dim=8, vocab_size=40)
+    model = build_model(config, 40, 40)
+    parts = inference_parts(model, config)
+    embedding = model.get_layer("target_embedding")
+    assert embedding.name == "target_embedding" and isinstance(embedding, TiedEmbedding)
+
+    source = np.array([[5, 6, 7, 8]], dtype="int32")
+    previous = ops.convert_to_tensor(np.array([[1]], dtype="int32"))
+    training_logits = ops.convert_to_numpy(model([source, np.array([[1]], dtype="int32")]))[0, 0]
+    context, state = parts.split(list(parts.encoder(source)))
+    step_logits = ops.convert_to_numpy(parts.step([previous, *context, *state])[0])[0]
+
+    # the same network, the step's logits from rounded operands
+    np.testing.assert_allclose(step_logits, training_logits, rtol=0.05, atol=0.05)
+    assert not np.array_equal(step_logits, training_logits)
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "off")
+    exact_step = inference_parts(model, config)
+    exact_logits = ops.convert_to_numpy(exact_step.step([previous, *context, *state])[0])[0]
+    np.testing.assert_allclose(exact_logits, training_logits, rtol=1e-5, atol=1e-5)
