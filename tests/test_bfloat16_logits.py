@@ -66,6 +66,7 @@ def test_only_the_decoding_step_uses_them(monkeypatch):
     config = Config(latent_dim=16, embedding_dim=8, vocab_size=40)
     model = build_model(config, 40, 40)
     parts = inference_parts(model, config)
+    assert parts.bfloat16_logits
     embedding = model.get_layer("target_embedding")
     assert embedding.name == "target_embedding" and isinstance(embedding, TiedEmbedding)
 
@@ -80,5 +81,12 @@ def test_only_the_decoding_step_uses_them(monkeypatch):
     assert not np.array_equal(step_logits, training_logits)
     monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "off")
     exact_step = inference_parts(model, config)
+    assert not exact_step.bfloat16_logits
     exact_logits = ops.convert_to_numpy(exact_step.step([previous, *context, *state])[0])[0]
     np.testing.assert_allclose(exact_logits, training_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_an_untied_output_layer_keeps_float32(monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "on")
+    config = Config(latent_dim=16, embedding_dim=8, vocab_size=40, tie_embeddings=False)
+    assert not inference_parts(build_model(config, 40, 40), config).bfloat16_logits

@@ -223,12 +223,13 @@ class InferenceParts:
     `context` is what stays fixed while decoding a sentence ([memory, keys, source mask]
     with attention, nothing without); `state` changes every step ([h, c] per layer, and
     h~ with Luong attention). Without attention the step's attention output is empty
-    (B, 0).
+    (B, 0). `bfloat16_logits`: whether the step's tied logits come from bfloat16 operands.
     """
 
     encoder: keras.Model
     step: keras.Model
     num_context: int
+    bfloat16_logits: bool = False
 
     def split(self, encoded: list) -> tuple[list, list]:
         return list(encoded[: self.num_context]), list(encoded[self.num_context :])
@@ -247,9 +248,10 @@ def inference_parts(model: keras.Model, config: Config) -> InferenceParts:
     previous = keras.Input(shape=(1,), dtype="int32", name="previous_ids")
     context_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"context_{i}") for i, t in enumerate(context)]
     state_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"state_{i}") for i, t in enumerate(state)]
+    bfloat16_logits = config.tie_embeddings and backend.bfloat16_logits()
     logits, attention, new_state = decode(
-        config, found, previous, context_in, state_in, vocab_size=0, bfloat16_logits=backend.bfloat16_logits()
+        config, found, previous, context_in, state_in, vocab_size=0, bfloat16_logits=bfloat16_logits
     )
     attention = ops.zeros_like(logits[:, 0, :0]) if attention is None else attention[:, 0, :]
     step = keras.Model([previous, *context_in, *state_in], [logits[:, 0, :], attention, *new_state], name="step")
-    return InferenceParts(encoder, step, num_context=len(context))
+    return InferenceParts(encoder, step, num_context=len(context), bfloat16_logits=bfloat16_logits)
