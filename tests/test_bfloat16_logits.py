@@ -12,6 +12,7 @@ from keras import ops
 
 from seq2seq import backend
 from seq2seq.config import Config
+from seq2seq.errors import UserError
 from seq2seq.layers import TiedEmbedding
 from seq2seq.model import build_model, inference_parts
 from seq2seq.native import cpu_flags
@@ -38,7 +39,7 @@ def test_by_default_on_where_it_pays(monkeypatch):
 
 def test_a_wrong_setting_is_named(monkeypatch):
     monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "yes")
-    with pytest.raises(ValueError, match="SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'"):
+    with pytest.raises(UserError, match="SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'"):
         backend.bfloat16_logits()
 
 

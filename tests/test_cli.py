@@ -66,6 +66,12 @@ def test_bad_settings_and_missing_model_are_clear_errors(tmp_path, capsys):
     assert "unknown built-in corpus" in capsys.readouterr().err
 
 
+def test_a_wrong_bfloat16_logits_setting_is_one_line(reverse_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "yes")
+    assert main(["translate", "--model-dir", str(reverse_model_dir), "abc"]) == 2
+    assert capsys.readouterr().err == "seq2seq: error: SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'\n"
+
+
 def test_refuses_to_overwrite_and_keeps_the_model(reverse_model_dir, capsys):
     before = (reverse_model_dir / "model.keras").read_bytes()
     assert main(["train", "--data", "builtin:reverse", "--model-dir", str(reverse_model_dir), "--epochs", "1"]) == 2

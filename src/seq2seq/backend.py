@@ -13,6 +13,8 @@ from pathlib import Path
 
 import keras
 
+from .errors import UserError
+
 
 def name() -> str:
     return keras.backend.backend()
@@ -67,7 +69,7 @@ def bfloat16_logits() -> bool:
     matrix products run the (B, E) @ (E, V) product about 4x faster than float32."""
     setting = os.environ.get("SEQ2SEQ_BF16_LOGITS", "auto").strip().lower()
     if setting not in ("on", "off", "auto"):
-        raise ValueError(f"SEQ2SEQ_BF16_LOGITS must be on, off or auto, not {setting!r}")
+        raise UserError(f"SEQ2SEQ_BF16_LOGITS must be on, off or auto, not {setting!r}")
     if name() != "jax" or setting == "off":
         return False
     if setting == "on":

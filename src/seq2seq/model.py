@@ -248,7 +248,7 @@ def inference_parts(model: keras.Model, config: Config) -> InferenceParts:
     previous = keras.Input(shape=(1,), dtype="int32", name="previous_ids")
     context_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"context_{i}") for i, t in enumerate(context)]
     state_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"state_{i}") for i, t in enumerate(state)]
-    bfloat16_logits = config.tie_embeddings and backend.bfloat16_logits()
+    bfloat16_logits = backend.bfloat16_logits() and config.tie_embeddings  # the setting checked either way
     logits, attention, new_state = decode(
         config, found, previous, context_in, state_in, vocab_size=0, bfloat16_logits=bfloat16_logits
     )
