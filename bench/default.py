@@ -372,12 +372,11 @@ def measure_decode(args) -> None:
     texts = [p.source for p in data.split.test[: args.sentences]]
     extra: dict = {}
     if args.impl == "seq2seq":
-        from seq2seq import backend
         from seq2seq.api import Seq2Seq
         from seq2seq.decoding import DecodingOptions
 
-        extra["bf16_logits"] = backend.bfloat16_logits()
         system = Seq2Seq.load(trained)
+        extra["bf16_logits"] = system.parts.bfloat16_logits
         options = DecodingOptions(beam=args.beam, batch_size=DECODE_BATCH)
 
         def translate() -> list[list[int]]:
@@ -565,17 +564,18 @@ QUICK = Sizes(train_batches=10, train_passes=1, model_batches=60, sentences=100,
 
 
 def measure(
-    *args: str, impl: str = "seq2seq", jax_cache: bool = False, huge_pages: bool = True, bf16_logits: str = "auto"
+    *args: str, impl: str = "seq2seq", jax_cache: bool = False, huge_pages: bool = True, bf16_logits: str | None = None
 ) -> dict:
     """Run one measurement of this file in its own process; its JSON line as a dict. Ours
     starts as the `seq2seq` command starts itself (glibc's huge-page tunable, launch.py),
-    unless `huge_pages` is False; `bf16_logits` sets SEQ2SEQ_BF16_LOGITS."""
+    unless `huge_pages` is False; `bf16_logits`, when given, sets SEQ2SEQ_BF16_LOGITS."""
     from seq2seq.launch import huge_page_environment
 
     command = [sys.executable, __file__, *args, *(["--impl", impl] if args[0] in MEASUREMENTS else [])]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("GLIBC_TUNABLES", None)
-    env["SEQ2SEQ_BF16_LOGITS"] = bf16_logits
+    if bf16_logits is not None:
+        env["SEQ2SEQ_BF16_LOGITS"] = bf16_logits
     if impl == "seq2seq":
         if huge_pages:
             env = huge_page_environment(env) or env
