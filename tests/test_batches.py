@@ -189,3 +189,63 @@ def test_the_shapes_do_not_depend_on_the_epoch_a_run_starts_from():
     fresh = PairBatches(sources, targets, batch_size=16, seed=2, max_shapes=5)
     resumed = PairBatches(sources, targets, batch_size=16, seed=2, epoch=4, max_shapes=5)
     assert fresh.shapes == resumed.shapes
+
+
+def _varied_pairs(count: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 40, size=(count, 2))
+    return [[5] * int(s) for s, _ in lengths], [[6] * int(t) for _, t in lengths]
+
+
+def test_every_epoch_has_as_many_batches_as_the_first_and_each_pair_once():
+    sources, targets = _varied_pairs(3000, seed=1)
+    batches = PairBatches(sources, targets, batch_size=8, max_tokens=100, seed=3)
+    count = batches.count
+    batches.count = None  # the cut alone: rows depend on lengths, so each shuffle gives a few more or fewer
+    natural = [len(batches._make_batches(epoch)) for epoch in range(8)]
+    batches.count = count
+    assert natural[0] == count and min(natural) < count < max(natural), natural
+    for epoch in range(8):
+        made = batches._make_batches(epoch)
+        assert len(made) == count
+        assert sorted(np.concatenate(made).tolist()) == list(range(3000))
+        assert all(len(b) <= batches.rows_for(batches.shape_of(b)[1]) for b in made)
+        assert all(batches.shape_of(b) in batches.shapes for b in made)
+
+
+class _Recorded(PairBatches):
+    """PairBatches that record the pairs of each batch `fit` reads, epoch by epoch."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[list[int]] = []
+
+    def __getitem__(self, index: int):
+        self.seen[-1].extend(self.batches[index].tolist())
+        return super().__getitem__(index)
+
+    def on_epoch_begin(self) -> None:
+        self.seen.append([])
+
+
+def test_fit_trains_on_every_pair_of_every_epoch_and_a_resumed_run_on_the_same_batches(recwarn):
+    import keras
+
+    sources, targets = _varied_pairs(1200, seed=1)
+
+    def fit(epochs: int, initial_epoch: int = 0) -> list[list[int]]:
+        batches = _Recorded(sources, targets, batch_size=4, max_tokens=40, max_shapes=4, seed=1, epoch=initial_epoch)
+        decoder_input = keras.Input((None,), dtype="int32", name=DECODER_INPUT_IDS)
+        source = keras.Input((None,), dtype="int32", name=SOURCE_IDS)
+        logits = keras.layers.Dense(8)(keras.layers.Embedding(8, 4)(decoder_input))
+        model = keras.Model({SOURCE_IDS: source, DECODER_INPUT_IDS: decoder_input}, logits)
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False)
+        return [epoch for epoch in batches.seen if len(epoch) > 4]  # (fit first reads one batch, to build)
+
+    whole = fit(3)
+    resumed = fit(1) + fit(3, initial_epoch=1)
+
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+    assert len(whole) == 3 and all(sorted(epoch) == list(range(1200)) for epoch in whole)
+    assert resumed == whole  # the same batches in the same order

@@ -126,8 +126,10 @@ class PairBatches(keras.utils.PyDataset):
         self.seed = seed
         self.epoch = epoch
         self.shapes: set[tuple[int, int]] | None = None
+        self.count: int | None = None
         if max_shapes is not None:  # from epoch 0's batches, whatever epoch a run starts from
             self.shapes = self._fewest_shapes(self._make_batches(0), max_shapes)
+        self.count = len(self._make_batches(0))  # every epoch's number of batches
         self.batches = self._make_batches(epoch)
 
     def _make_batches(self, epoch: int) -> list[np.ndarray]:
@@ -150,8 +152,48 @@ class PairBatches(keras.utils.PyDataset):
                 batch.append(i)
                 longest = with_i
             batches.append(np.array(batch))
+        if self.count is not None:
+            batches = self._to_count(batches, self.count)
         if self.shuffle:
             rng.shuffle(batches)
+        return batches
+
+    def _to_count(self, batches: list[np.ndarray], count: int) -> list[np.ndarray]:
+        """`batches`, split or merged until there are `count`. Keras reads a dataset's
+        length once per `fit`, and cutting shuffled pools gives a few more or fewer
+        batches each epoch: with fewer an epoch ended early (and warned that it ran out of
+        data), with more its last batches were never trained on. The largest batch is
+        halved (its shape holds both halves); the smallest is emptied into batches with
+        room whose shape holds each pair (and elsewhere, should none)."""
+        batches = list(batches)
+        while len(batches) < count:
+            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            half = len(batches[largest]) // 2
+            if half == 0:
+                break
+            batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+        if len(batches) <= count:
+            return batches
+        longest = [[max(len(self.sources[i]) for i in b), max(len(self.decoder_targets[i]) for i in b)] for b in batches]
+        shapes = [self.shape_for(*lengths) for lengths in longest]
+        while len(batches) > count:
+            smallest = min(range(len(batches)), key=lambda i: len(batches[i]))
+            moved = batches.pop(smallest)
+            del longest[smallest], shapes[smallest]
+            for pair in moved:
+                lengths = (len(self.sources[pair]), len(self.decoder_targets[pair]))
+                fits = (
+                    j
+                    for j, shape in enumerate(shapes)
+                    if len(batches[j]) < self.rows_for(shape[1])
+                    and self.shape_for(max(longest[j][0], lengths[0]), max(longest[j][1], lengths[1])) == shape
+                )
+                j = next(fits, None)
+                if j is None:
+                    j = min(range(len(batches)), key=lambda i: len(batches[i]))
+                batches[j] = np.append(batches[j], pair)
+                longest[j] = [max(longest[j][0], lengths[0]), max(longest[j][1], lengths[1])]
+                shapes[j] = self.shape_for(*longest[j])
         return batches
 
     # Largest batch output (rows x timesteps x target vocabulary), in floats: 64 MB.
