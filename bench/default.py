@@ -291,7 +291,9 @@ def measure_train(args) -> None:
         def one_pass() -> float:
             return our_fit(model, batches)
 
-        extra: dict = {}
+        from seq2seq import backend
+
+        extra: dict = {"bf16_training": backend.bfloat16_training_logits()}
     else:
         import torch
 
@@ -564,18 +566,21 @@ QUICK = Sizes(train_batches=10, train_passes=1, model_batches=60, sentences=100,
 
 
 def measure(
-    *args: str, impl: str = "seq2seq", jax_cache: bool = False, huge_pages: bool = True, bf16_logits: str | None = None
+    *args: str,
+    impl: str = "seq2seq",
+    jax_cache: bool = False,
+    huge_pages: bool = True,
+    switches: dict[str, str] | None = None,
 ) -> dict:
     """Run one measurement of this file in its own process; its JSON line as a dict. Ours
     starts as the `seq2seq` command starts itself (glibc's huge-page tunable, launch.py),
-    unless `huge_pages` is False; `bf16_logits`, when given, sets SEQ2SEQ_BF16_LOGITS."""
+    unless `huge_pages` is False; `switches` set environment variables (a lever's switch)."""
     from seq2seq.launch import huge_page_environment
 
     command = [sys.executable, __file__, *args, *(["--impl", impl] if args[0] in MEASUREMENTS else [])]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("GLIBC_TUNABLES", None)
-    if bf16_logits is not None:
-        env["SEQ2SEQ_BF16_LOGITS"] = bf16_logits
+    env.update(switches or {})
     if impl == "seq2seq":
         if huge_pages:
             env = huge_page_environment(env) or env
@@ -610,6 +615,11 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
     results["train_torch"] = measure("train", *train, *peer, impl="torch")
     # the launcher's lever (launch.py), measured on the model users train
     results["train_seq2seq_small_pages"] = measure("train", *train, jax_cache=jax_cache, huge_pages=False)
+    # training's bfloat16 output product (backend.bfloat16_training_logits), where the default turns it on
+    if results["train_seq2seq"].get("bf16_training"):
+        results["train_seq2seq_float32_logits"] = measure(
+            "train", *train, jax_cache=jax_cache, switches={"SEQ2SEQ_BF16_TRAINING": "off"}
+        )
     results["fit_model"] = measure("fit-model", *where, "--batches", str(sizes.model_batches), jax_cache=jax_cache)
     decode = [*where, "--model-batches", str(sizes.model_batches), "--sentences", str(sizes.sentences)]
     decode += ["--passes", str(sizes.decode_passes)]
@@ -625,7 +635,7 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
         # decoding's lever (backend.bfloat16_logits), measured where the default turns it on
         if results[f"decode_beam{beam}_seq2seq"].get("bf16_logits"):
             results[f"decode_beam{beam}_seq2seq_float32_logits"] = measure(
-                "decode", *decode, "--beam", str(beam), jax_cache=jax_cache, bf16_logits="off"
+                "decode", *decode, "--beam", str(beam), jax_cache=jax_cache, switches={"SEQ2SEQ_BF16_LOGITS": "off"}
             )
     results["total_minutes"] = round((time.time() - started) / 60, 1)
     results["machine"] = cpu_name()
@@ -652,6 +662,12 @@ def table(r: dict) -> str:
         rows.append(
             f"| training, pairs/s without glibc's huge-page tunable (which the `seq2seq` command sets: launch.py)"
             f" | {small:,} | | {small / ts['pairs_per_s']:.2f}× of ours with it |"
+        )
+    if "train_seq2seq_float32_logits" in r:
+        exact = r["train_seq2seq_float32_logits"]
+        rows.append(
+            "| training, pairs/s with a float32 output product (the default here: bfloat16 forward, backend.py)"
+            f" | {exact['pairs_per_s']:,} | | {exact['pairs_per_s'] / ts['pairs_per_s']:.2f}× of ours with it |"
         )
     for beam, name in ((1, "greedy"), (5, "beam-5")):
         ours, theirs = r[f"decode_beam{beam}_seq2seq"], r[f"decode_beam{beam}_torch"]

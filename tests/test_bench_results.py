@@ -74,3 +74,13 @@ def test_the_table_shows_the_float32_logits_row_where_bfloat16_was_the_default(m
     label = "greedy decoding, sentences/s with float32 logits (the default here: bfloat16, backend.py)"
     row = f"| {label} | 240.0 | | 0.80× "
     assert row in default.table(lever)
+
+
+def test_the_table_shows_the_float32_training_row_where_bfloat16_was_the_default(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    default = bench_module("default")
+    plain = measurements(300.0, 200.0)
+    assert "float32 output product" not in default.table(plain)
+    lever = plain | {"train_seq2seq_float32_logits": {"pairs_per_s": 270.0}}
+    label = "training, pairs/s with a float32 output product (the default here: bfloat16 forward, backend.py)"
+    assert f"| {label} | 270.0 | | 0.90× of ours with it |" in default.table(lever)

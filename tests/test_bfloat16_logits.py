@@ -91,3 +91,77 @@ def test_an_untied_output_layer_keeps_float32(monkeypatch):
     monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "on")
     config = Config(latent_dim=16, embedding_dim=8, vocab_size=40, tie_embeddings=False)
     assert not inference_parts(build_model(config, 40, 40), config).bfloat16_logits
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("on", True), ("off", False)])
+def test_the_training_switch(monkeypatch, setting, expected):
+    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", setting)
+    assert backend.bfloat16_training_logits() is expected
+
+
+def test_training_uses_it_by_default_where_it_pays(monkeypatch):
+    import jax
+
+    monkeypatch.delenv("SEQ2SEQ_BF16_TRAINING", raising=False)
+    assert backend.bfloat16_training_logits() == (jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags())
+    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", "1")
+    with pytest.raises(UserError, match="SEQ2SEQ_BF16_TRAINING must be on, off or auto, not '1'"):
+        backend.bfloat16_training_logits()
+
+
+def test_the_training_product_has_float32_gradients():
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 24)).astype("float32")
+    y = rng.normal(size=(24, 50)).astype("float32")
+    g = rng.normal(size=(2, 3, 50)).astype("float32")  # the loss's gradient with respect to the logits
+
+    def loss(x, y):
+        return jnp.sum(g * backend.matmul_bfloat16_forward(x, y))
+
+    forward = np.asarray(backend.matmul_bfloat16_forward(x, y))
+    dx, dy = jax.grad(loss, argnums=(0, 1))(x, y)
+
+    reference = np.einsum("btk,kn->btn", _rounded(x).astype(np.float64), _rounded(y).astype(np.float64))
+    np.testing.assert_allclose(forward, reference, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), g @ y.T, rtol=1e-5, atol=1e-5)  # not rounded: float32
+    np.testing.assert_allclose(np.asarray(dy), np.einsum("btk,btn->kn", x, g), rtol=1e-5, atol=1e-5)
+
+
+def test_only_training_mode_uses_the_training_switch(monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", "on")
+    keras.utils.set_random_seed(0)
+    config = Config(latent_dim=16, embedding_dim=8, vocab_size=40, dropout=0.0)
+    model = build_model(config, 40, 40)
+    inputs = [np.array([[5, 6, 7, 8]], dtype="int32"), np.array([[1, 9, 10]], dtype="int32")]
+
+    training = ops.convert_to_numpy(model(inputs, training=True))
+    evaluation = ops.convert_to_numpy(model(inputs, training=False))  # evaluate's loss: exact
+    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", "off")
+    exact = ops.convert_to_numpy(model(inputs, training=True))
+
+    np.testing.assert_array_equal(evaluation, exact)
+    np.testing.assert_allclose(training, exact, rtol=0.05, atol=0.05)
+    assert not np.array_equal(training, exact)
+
+
+def test_training_with_the_bfloat16_product_learns(monkeypatch, tmp_path):
+    import csv
+
+    from seq2seq.files import HISTORY_FILE
+    from seq2seq.training import train
+
+    settings = dict(data="builtin:reverse", num_samples=600, epochs=4, latent_dim=32, embedding_dim=32, seed=3)
+    settings |= dict(level="char", dev_bleu_sentences=0, stop_metric="loss", learning_rate=5e-3, dropout=0.0)
+    runs = {}
+    for setting in ("on", "off"):
+        monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", setting)
+        train(Config(**settings), tmp_path / setting, verbose=0)
+        with (tmp_path / setting / HISTORY_FILE).open() as f:
+            runs[setting] = [float(row["loss"]) for row in csv.DictReader(f)]
+    on, off = runs["on"], runs["off"]
+    assert on[-1] < 0.9 * on[0], on  # it learns
+    assert on != off  # through the rounded product
+    assert on[-1] == pytest.approx(off[-1], rel=0.05)  # as well as float32 does

@@ -72,6 +72,13 @@ def test_a_wrong_bfloat16_logits_setting_is_one_line(reverse_model_dir, capsys, 
     assert capsys.readouterr().err == "seq2seq: error: SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'\n"
 
 
+def test_a_wrong_bfloat16_training_setting_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", "yes")
+    assert main(["train", "--data", "builtin:reverse", "--model-dir", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    assert capsys.readouterr().err == "seq2seq: error: SEQ2SEQ_BF16_TRAINING must be on, off or auto, not 'yes'\n"
+    assert not (tmp_path / "m").exists()
+
+
 def test_refuses_to_overwrite_and_keeps_the_model(reverse_model_dir, capsys):
     before = (reverse_model_dir / "model.keras").read_bytes()
     assert main(["train", "--data", "builtin:reverse", "--model-dir", str(reverse_model_dir), "--epochs", "1"]) == 2

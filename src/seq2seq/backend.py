@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -62,18 +63,18 @@ def sample_categorical(logits, seed):
     raise NotImplementedError(f"sampling is not implemented for the {name()} backend")
 
 
-def bfloat16_logits() -> bool:
-    """Whether decoders compute the tied output layer's logits from bfloat16 operands,
-    summed in float32 (training and its losses never do). SEQ2SEQ_BF16_LOGITS=on or off;
-    by default on where it was measured to pay: JAX on a CPU with AMX, whose bfloat16
-    matrix products run the (B, E) @ (E, V) product about 4x faster than float32."""
-    setting = os.environ.get("SEQ2SEQ_BF16_LOGITS", "auto").strip().lower()
+def _bfloat16_switch(variable: str, default_on: bool) -> bool:
+    """An on|off|auto switch for a bfloat16 product; auto (unset) means `default_on`.
+    Only JAX runs these products."""
+    setting = os.environ.get(variable, "auto").strip().lower()
     if setting not in ("on", "off", "auto"):
-        raise UserError(f"SEQ2SEQ_BF16_LOGITS must be on, off or auto, not {setting!r}")
+        raise UserError(f"{variable} must be on, off or auto, not {setting!r}")
     if name() != "jax" or setting == "off":
         return False
-    if setting == "on":
-        return True
+    return setting == "on" or default_on
+
+
+def _cpu_has_amx() -> bool:
     import jax
 
     from .native import cpu_flags
@@ -81,11 +82,55 @@ def bfloat16_logits() -> bool:
     return jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags()
 
 
+def bfloat16_logits() -> bool:
+    """Whether decoders compute the tied output layer's logits from bfloat16 operands,
+    summed in float32. SEQ2SEQ_BF16_LOGITS=on or off; by default on where it was measured
+    to pay: JAX on a CPU with AMX, whose bfloat16 matrix products run the (B, E) @ (E, V)
+    product about 4x faster than float32."""
+    return _bfloat16_switch("SEQ2SEQ_BF16_LOGITS", default_on=_cpu_has_amx() if name() == "jax" else False)
+
+
+def bfloat16_training_logits() -> bool:
+    """Whether training computes the tied output layer's logits from bfloat16 operands
+    (float32 sums; the backward pass stays float32: matmul_bfloat16_forward; evaluation's
+    losses stay float32). SEQ2SEQ_BF16_TRAINING=on or off; by default on where it was
+    measured to pay: JAX on a CPU with AMX."""
+    return _bfloat16_switch("SEQ2SEQ_BF16_TRAINING", default_on=_cpu_has_amx() if name() == "jax" else False)
+
+
 def matmul_bfloat16(x, y):
     """x (..., K) @ y (K, N) from bfloat16 operands with float32 sums and result (JAX)."""
     import jax.numpy as jnp
 
     return jnp.matmul(x.astype(jnp.bfloat16), y.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
+def matmul_bfloat16_forward(x, y):
+    """matmul_bfloat16 whose gradients are the float32 ones of x @ y: for the output
+    (..., N) gradient g, dx = g @ y^T (..., K) and dy = x^T g (K, N) summed over the
+    leading axes. (JAX's own gradient of the bfloat16 product measured slower than float32.)"""
+    return _matmul_bfloat16_forward()(x, y)
+
+
+@functools.cache
+def _matmul_bfloat16_forward():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def product(x, y):
+        return matmul_bfloat16(x, y)
+
+    def forward(x, y):
+        return matmul_bfloat16(x, y), (x, y)
+
+    def backward(residuals, g):
+        x, y = residuals
+        leading = tuple(range(x.ndim - 1))
+        return jnp.matmul(g, y.T), jnp.tensordot(x, g, axes=(leading, leading))
+
+    product.defvjp(forward, backward)
+    return product
 
 
 def use_all_devices():

@@ -174,7 +174,7 @@ class PairBatches(keras.utils.PyDataset):
             batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
         if len(batches) <= count:
             return batches
-        longest = [[max(len(self.sources[i]) for i in b), max(len(self.decoder_targets[i]) for i in b)] for b in batches]
+        longest = [self._longest(b) for b in batches]
         shapes = [self.shape_for(*lengths) for lengths in longest]
         while len(batches) > count:
             smallest = min(range(len(batches)), key=lambda i: len(batches[i]))
@@ -234,9 +234,13 @@ class PairBatches(keras.utils.PyDataset):
             return shape
         return self._smallest_holding(shape, self.shapes) or shape
 
+    def _longest(self, rows: np.ndarray) -> list[int]:
+        """[longest source, longest target] of a batch."""
+        return [max(len(self.sources[i]) for i in rows), max(len(self.decoder_targets[i]) for i in rows)]
+
     def shape_of(self, rows: np.ndarray) -> tuple[int, int]:
         """The (source length, target length) this batch is padded to."""
-        return self.shape_for(max(len(self.sources[i]) for i in rows), max(len(self.decoder_targets[i]) for i in rows))
+        return self.shape_for(*self._longest(rows))
 
     def _fewest_shapes(self, batches: list[np.ndarray], max_shapes: int) -> set[tuple[int, int]]:
         """The shapes of `batches`, merged into larger ones until at most `max_shapes`

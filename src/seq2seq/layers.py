@@ -199,17 +199,20 @@ class TiedEmbedding(layers.Embedding):
 
     ids (B, T) -> vectors (B, T, E); with `reverse=True`, vectors (B, T, E) -> logits
     (B, T, V) = vectors @ embeddings^T, from bfloat16 operands with float32 sums when
-    `bfloat16` is also True (decoding, on JAX: backend.bfloat16_logits).
+    `bfloat16` is also True (decoding, on JAX: backend.bfloat16_logits), or in training
+    with backend.bfloat16_training_logits (float32 gradients).
     """
 
-    def call(self, inputs, reverse=False, bfloat16=False):
+    def call(self, inputs, reverse=False, bfloat16=False, training=None):
         if reverse and bfloat16:
             return backend.matmul_bfloat16(inputs, ops.transpose(self.embeddings))
+        if reverse and training and backend.bfloat16_training_logits():
+            return backend.matmul_bfloat16_forward(inputs, ops.transpose(self.embeddings))
         if reverse:
             return ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
         return super().call(inputs)
 
-    def compute_output_spec(self, inputs, reverse=False, bfloat16=False):
+    def compute_output_spec(self, inputs, reverse=False, bfloat16=False, training=None):
         if reverse:
             return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype)
         return super().compute_output_spec(inputs)

@@ -138,6 +138,7 @@ def train(
     model.keras always holds the best epoch so far (by the dev metric); the checkpoint
     directory holds the last epoch with its optimizer state, for `resume`.
     """
+    backend.bfloat16_training_logits()  # a wrong setting is named before any work
     model_dir = Path(model_dir)
     check_model_dir(model_dir, overwrite)
     with backend.tensorflow_not_imported():
@@ -175,6 +176,7 @@ def resume(
     """Continue an interrupted training from its last checkpoint: weights, optimizer
     state, epoch, callbacks' state, and the same batches an uninterrupted run would see.
     `epochs` raises the total number of epochs."""
+    backend.bfloat16_training_logits()  # a wrong setting is named before any work
     model_dir = Path(model_dir)
     checkpoint = model_dir / CHECKPOINT_DIR
     if not (checkpoint / CHECKPOINT_STATE_FILE).is_file():
