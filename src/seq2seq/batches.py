@@ -129,8 +129,9 @@ class PairBatches(keras.utils.PyDataset):
         self.count: int | None = None
         if max_shapes is not None:  # from epoch 0's batches, whatever epoch a run starts from
             self.shapes = self._fewest_shapes(self._make_batches(0), max_shapes)
-        self.count = len(self._make_batches(0))  # every epoch's number of batches
-        self.batches = self._make_batches(epoch)
+        first = self._make_batches(0)
+        self.count = len(first)  # every epoch's number of batches
+        self.batches = first if epoch == 0 else self._make_batches(epoch)
 
     def _make_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
