@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from .conftest import bench_module
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -65,22 +67,28 @@ def test_the_report_shows_every_cpus_ratios_newest_first(tmp_path, monkeypatch):
     assert "| greedy decoding, sentences/s (1000 held-out, batch 64) | 500.0 | 100.0 | 5.00× |" in text
 
 
-def test_the_table_shows_the_float32_logits_row_where_bfloat16_was_the_default(monkeypatch):
+@pytest.mark.parametrize(
+    ("key", "result", "marker", "row"),
+    [
+        (
+            "decode_beam1_seq2seq_float32_logits",
+            {"sentences_per_s": 240.0},
+            "float32 logits",
+            "| greedy decoding, sentences/s with float32 logits (the default here: bfloat16, backend.py)"
+            " | 240.0 | | 0.80× ",
+        ),
+        (
+            "train_seq2seq_float32_logits",
+            {"pairs_per_s": 270.0},
+            "float32 output product",
+            "| training, pairs/s with a float32 output product (the default here: bfloat16 forward, backend.py)"
+            " | 270.0 | | 0.90× of ours with it |",
+        ),
+    ],
+)
+def test_the_table_shows_a_float32_row_where_bfloat16_was_the_default(monkeypatch, key, result, marker, row):
     monkeypatch.syspath_prepend(str(BENCH))
     default = bench_module("default")
     plain = measurements(300.0, 200.0)
-    assert "float32 logits" not in default.table(plain)
-    lever = plain | {"decode_beam1_seq2seq_float32_logits": {"sentences_per_s": 240.0}}
-    label = "greedy decoding, sentences/s with float32 logits (the default here: bfloat16, backend.py)"
-    row = f"| {label} | 240.0 | | 0.80× "
-    assert row in default.table(lever)
-
-
-def test_the_table_shows_the_float32_training_row_where_bfloat16_was_the_default(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    default = bench_module("default")
-    plain = measurements(300.0, 200.0)
-    assert "float32 output product" not in default.table(plain)
-    lever = plain | {"train_seq2seq_float32_logits": {"pairs_per_s": 270.0}}
-    label = "training, pairs/s with a float32 output product (the default here: bfloat16 forward, backend.py)"
-    assert f"| {label} | 270.0 | | 0.90× of ours with it |" in default.table(lever)
+    assert marker not in default.table(plain)
+    assert row in default.table(plain | {key: result})

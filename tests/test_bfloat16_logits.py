@@ -24,23 +24,33 @@ def _rounded(x: np.ndarray) -> np.ndarray:
     return x.astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
+SWITCHES = [
+    ("SEQ2SEQ_BF16_LOGITS", backend.bfloat16_logits),
+    ("SEQ2SEQ_BF16_TRAINING", backend.bfloat16_training_logits),
+]
+
+
+@pytest.mark.parametrize(("variable", "switch"), SWITCHES)
 @pytest.mark.parametrize(("setting", "expected"), [("on", True), ("off", False), (" OFF ", False)])
-def test_the_switch(monkeypatch, setting, expected):
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", setting)
-    assert backend.bfloat16_logits() is expected
+def test_the_switches(monkeypatch, variable, switch, setting, expected):
+    monkeypatch.setenv(variable, setting)
+    assert switch() is expected
 
 
-def test_by_default_on_where_it_pays(monkeypatch):
+@pytest.mark.parametrize(("variable", "switch"), SWITCHES)
+def test_by_default_on_where_it_pays(monkeypatch, variable, switch):
     import jax
 
-    monkeypatch.delenv("SEQ2SEQ_BF16_LOGITS", raising=False)
-    assert backend.bfloat16_logits() == (jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags())
+    monkeypatch.delenv(variable, raising=False)
+    assert switch() == (jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags())
 
 
-def test_a_wrong_setting_is_named(monkeypatch):
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "yes")
-    with pytest.raises(UserError, match="SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'"):
-        backend.bfloat16_logits()
+@pytest.mark.parametrize(("variable", "switch"), SWITCHES)
+@pytest.mark.parametrize("setting", ["yes", "1"])
+def test_a_wrong_setting_is_named(monkeypatch, variable, switch, setting):
+    monkeypatch.setenv(variable, setting)
+    with pytest.raises(UserError, match=f"{variable} must be on, off or auto, not '{setting}'"):
+        switch()
 
 
 def test_logits_are_the_float32_sums_of_rounded_operands():
@@ -91,22 +101,6 @@ def test_an_untied_output_layer_keeps_float32(monkeypatch):
     monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "on")
     config = Config(latent_dim=16, embedding_dim=8, vocab_size=40, tie_embeddings=False)
     assert not inference_parts(build_model(config, 40, 40), config).bfloat16_logits
-
-
-@pytest.mark.parametrize(("setting", "expected"), [("on", True), ("off", False)])
-def test_the_training_switch(monkeypatch, setting, expected):
-    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", setting)
-    assert backend.bfloat16_training_logits() is expected
-
-
-def test_training_uses_it_by_default_where_it_pays(monkeypatch):
-    import jax
-
-    monkeypatch.delenv("SEQ2SEQ_BF16_TRAINING", raising=False)
-    assert backend.bfloat16_training_logits() == (jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags())
-    monkeypatch.setenv("SEQ2SEQ_BF16_TRAINING", "1")
-    with pytest.raises(UserError, match="SEQ2SEQ_BF16_TRAINING must be on, off or auto, not '1'"):
-        backend.bfloat16_training_logits()
 
 
 def test_the_training_product_has_float32_gradients():

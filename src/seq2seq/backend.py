@@ -63,18 +63,17 @@ def sample_categorical(logits, seed):
     raise NotImplementedError(f"sampling is not implemented for the {name()} backend")
 
 
-def _bfloat16_switch(variable: str, default_on: bool) -> bool:
-    """An on|off|auto switch for a bfloat16 product; auto (unset) means `default_on`.
-    Only JAX runs these products."""
+def _bfloat16_switch(variable: str) -> bool:
+    """An on|off|auto switch for a bfloat16 product (only JAX runs them). auto (unset):
+    on where it was measured to pay, a CPU with AMX, whose bfloat16 matrix products run
+    the (B, E) @ (E, V) product about 4x faster than float32."""
     setting = os.environ.get(variable, "auto").strip().lower()
     if setting not in ("on", "off", "auto"):
         raise UserError(f"{variable} must be on, off or auto, not {setting!r}")
     if name() != "jax" or setting == "off":
         return False
-    return setting == "on" or default_on
-
-
-def _cpu_has_amx() -> bool:
+    if setting == "on":
+        return True
     import jax
 
     from .native import cpu_flags
@@ -84,18 +83,15 @@ def _cpu_has_amx() -> bool:
 
 def bfloat16_logits() -> bool:
     """Whether decoders compute the tied output layer's logits from bfloat16 operands,
-    summed in float32. SEQ2SEQ_BF16_LOGITS=on or off; by default on where it was measured
-    to pay: JAX on a CPU with AMX, whose bfloat16 matrix products run the (B, E) @ (E, V)
-    product about 4x faster than float32."""
-    return _bfloat16_switch("SEQ2SEQ_BF16_LOGITS", default_on=_cpu_has_amx() if name() == "jax" else False)
+    summed in float32. SEQ2SEQ_BF16_LOGITS=on|off|auto (_bfloat16_switch)."""
+    return _bfloat16_switch("SEQ2SEQ_BF16_LOGITS")
 
 
 def bfloat16_training_logits() -> bool:
     """Whether training computes the tied output layer's logits from bfloat16 operands
     (float32 sums; the backward pass stays float32: matmul_bfloat16_forward; evaluation's
-    losses stay float32). SEQ2SEQ_BF16_TRAINING=on or off; by default on where it was
-    measured to pay: JAX on a CPU with AMX."""
-    return _bfloat16_switch("SEQ2SEQ_BF16_TRAINING", default_on=_cpu_has_amx() if name() == "jax" else False)
+    losses stay float32). SEQ2SEQ_BF16_TRAINING=on|off|auto (_bfloat16_switch)."""
+    return _bfloat16_switch("SEQ2SEQ_BF16_TRAINING")
 
 
 def matmul_bfloat16(x, y):

@@ -187,13 +187,13 @@ class PairBatches(keras.utils.PyDataset):
                     j
                     for j, shape in enumerate(shapes)
                     if len(batches[j]) < self.rows_for(shape[1])
-                    and self.shape_for(max(longest[j][0], lengths[0]), max(longest[j][1], lengths[1])) == shape
+                    and self.shape_for(*map(max, longest[j], lengths)) == shape
                 )
                 j = next(fits, None)
                 if j is None:
                     j = min(range(len(batches)), key=lambda i: len(batches[i]))
                 batches[j] = np.append(batches[j], pair)
-                longest[j] = [max(longest[j][0], lengths[0]), max(longest[j][1], lengths[1])]
+                longest[j] = list(map(max, longest[j], lengths))
                 shapes[j] = self.shape_for(*longest[j])
         return batches
 
