@@ -10,7 +10,7 @@ import pytest
 from seq2seq.cli import main
 from seq2seq.config import Config, ConfigError
 from seq2seq.report import knob_effects, summary
-from seq2seq.sweep import grid, parse_axes, point_name, run_sweep
+from seq2seq.sweep import capped, grid, parse_axes, point_name, run_sweep
 
 BASE = dict(data="builtin:reverse", epochs=2, batch_size=32, dev_bleu_sentences=30, seed=2)  # the textbook model
 
@@ -28,6 +28,14 @@ def test_grid_and_names():
     assert axes == {"latent_dim": [8, 16]} and single == {"batch_size": 32}
     with pytest.raises(ConfigError, match="--latent-dim"):
         parse_axes({"latent_dim": "8,big"})
+
+
+def test_the_sweeps_cap_cuts_a_point_short_without_changing_its_schedule():
+    point = capped(Config(), 12.5)
+    assert point.time_budget == 12.5 and point.lr_decay == "none" and not point.linear_decay
+    own_budget = capped(Config(time_budget=5), 12.5)
+    assert own_budget.time_budget == 5 and own_budget.linear_decay  # its own budget, its own plan
+    assert capped(Config(lr_decay="linear"), 12.5).linear_decay
 
 
 def test_sweep_runs_every_point_once_and_resumes(tmp_path, capsys):

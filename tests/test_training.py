@@ -90,6 +90,17 @@ def test_linear_learning_rate_decay_is_applied(tmp_path):
     assert decay[2]["loss"] != constant[2]["loss"]  # then the smaller rate changes the training
 
 
+def test_a_time_budget_brings_linear_decay_unless_another_schedule_is_chosen(tmp_path):
+    settings = dict(data="builtin:reverse", num_samples=300, epochs=3, latent_dim=8, dev_bleu_sentences=0, seed=4)
+    train(Config.textbook(**settings, lr_decay="auto", time_budget=60), tmp_path / "auto", verbose=0)
+    with (tmp_path / "auto" / HISTORY_FILE).open() as f:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    assert rates == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])  # the budget is far: the epochs set the pace
+    assert Config(time_budget=30).linear_decay and not Config().linear_decay
+    assert not Config(time_budget=30, lr_decay="none").linear_decay and Config(lr_decay="linear").linear_decay
+    assert not Config.textbook(time_budget=30).linear_decay  # the textbook's rate stays constant
+
+
 def test_compiles_the_configured_optimizer():
     import keras
 

@@ -99,6 +99,14 @@ def point_config(base: Config, settings: dict, sweep_dir: Path) -> Config:
     )
 
 
+def capped(config: Config, minutes: float) -> Config:
+    """`config` cut short to at most `minutes` of training. The cap is the sweep's, not
+    the point's plan: a point that would keep its learning rate without a budget keeps it
+    (`--lr-decay auto` follows the point's own budget)."""
+    lr_decay = "none" if config.lr_decay == "auto" and config.time_budget is None else config.lr_decay
+    return replace(config, time_budget=min(config.time_budget or minutes, minutes), lr_decay=lr_decay)
+
+
 def run_sweep(
     base: Config, axes: dict[str, list], sweep_dir: str | Path, time_budget: float | None = None, verbose=2
 ) -> list[dict]:
@@ -127,7 +135,7 @@ def run_sweep(
         point_started = time.perf_counter()
         config = point_config(base, settings, sweep_dir)
         if time_budget is not None:
-            config = replace(config, time_budget=min(config.time_budget or time_budget, time_budget - spent))
+            config = capped(config, time_budget - spent)
         if (point_dir / CHECKPOINT_DIR / CHECKPOINT_STATE_FILE).exists():
             resume(point_dir, verbose=verbose)
         else:

@@ -231,7 +231,7 @@ def _fit(
     stateful: dict[str, keras.callbacks.Callback] = {
         "best_model": BestModelCheckpoint(str(model_dir / MODEL_FILE), monitor=monitor, mode=mode, save_best_only=True)
     }
-    if config.lr_patience and config.lr_decay == "none":  # a schedule replaces the plateau rule
+    if config.lr_patience and not config.linear_decay:  # a schedule replaces the plateau rule
         stateful["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=mode, factor=config.lr_factor, patience=config.lr_patience, verbose=1
         )
@@ -241,7 +241,7 @@ def _fit(
         )
     clock = TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
     callbacks: list[keras.callbacks.Callback] = [ReleaseFreedMemory(), clock]
-    if config.lr_decay == "linear":
+    if config.linear_decay:
         callbacks.append(LinearDecay(config.learning_rate, config.epochs, clock))
     if split.dev and config.dev_bleu_sentences:
         callbacks.append(DevScores(system, split.dev, config.dev_bleu_sentences, seed=config.seed))
