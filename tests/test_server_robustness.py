@@ -255,6 +255,61 @@ def test_any_number_of_sampling_settings_share_one_compiled_sampler(system):
         assert answer.json()["translations"]["text"] == system.translate(["abcd"], options)[0]
 
 
+def test_a_client_that_leaves_while_queued_is_dropped_and_the_others_answered(system):
+    """Driven through the middleware as uvicorn would: one client disconnects while its
+    request waits in the batching window, another stays; only the second is decoded."""
+    app = app_for(trained_model_dir(), system, batch_window_ms=300)
+    decoded: list[list[list[str]]] = []
+
+    async def exchange(text: str, leave_after_s: float | None) -> list[dict]:
+        body = json.dumps({"q": text}).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/v1/translate",
+            "raw_path": b"/v1/translate",
+            "query_string": b"",
+            "root_path": "",
+            "scheme": "http",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        loop = asyncio.get_running_loop()
+        leaves_at = loop.time() + (leave_after_s if leave_after_s is not None else 3600)
+
+        async def receive() -> dict:  # as uvicorn's: at once when the client has gone, else when it goes
+            if messages:
+                return messages.pop(0)
+            if loop.time() < leaves_at:
+                await asyncio.sleep(leaves_at - loop.time())
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return sent
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            decode = app.state.batcher.decode
+            app.state.batcher.decode = lambda groups, *rest: decoded.append(groups) or decode(groups, *rest)
+            return await asyncio.gather(exchange("abc", 0.05), exchange("dcba", None), return_exceptions=True)
+
+    left, stayed = run(main())
+    assert decoded == [[["dcba"]]]
+    assert stayed[0]["status"] == 200
+    assert json.loads(stayed[1]["body"])["translations"]["text"] == system.translate(["dcba"])[0]
+    assert isinstance(left, asyncio.CancelledError) or left == []  # nothing is sent to a client that left
+    assert app.state.metrics.rejections.labels("disconnected")._value.get() == 1
+
+
 def test_body_read_408_and_disconnect_in_process(system):
     """The middleware reading bodies, driven message by message: a body that stops coming
     is 408 after body_timeout_s (it waited forever before); a client that leaves while
