@@ -228,9 +228,8 @@ class Config:
 
     @property
     def linear_decay(self) -> bool:
-        """Whether the learning rate falls linearly over the training: asked for, or
-        `auto` with a time budget (spa-eng, 30 minutes: test BLEU 55.2 against 51.0 with
-        the plateau rule; docs/performance.md)."""
+        """Whether the learning rate falls linearly over the training: asked for, or `auto`
+        with a time budget, where the plateau rule rarely fires in time (docs/performance.md)."""
         return self.lr_decay == "linear" or (self.lr_decay == "auto" and self.time_budget is not None)
 
     @classmethod
