@@ -255,6 +255,24 @@ def test_any_number_of_sampling_settings_share_one_compiled_sampler(system):
         assert answer.json()["translations"]["text"] == system.translate(["abcd"], options)[0]
 
 
+def translate_scope(content_length: int) -> dict:
+    """The ASGI scope uvicorn gives a JSON POST to /v1/translate."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/translate",
+        "raw_path": b"/v1/translate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(content_length).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
 def test_a_client_that_leaves_while_queued_is_dropped_and_the_others_answered(system):
     """Driven through the middleware as uvicorn would: one client disconnects while its
     request waits in the batching window, another stays; only the second is decoded."""
@@ -263,20 +281,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_and_the_others_answered(sy
 
     async def exchange(text: str, leave_after_s: float | None) -> list[dict]:
         body = json.dumps({"q": text}).encode()
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "path": "/v1/translate",
-            "raw_path": b"/v1/translate",
-            "query_string": b"",
-            "root_path": "",
-            "scheme": "http",
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
+        scope = translate_scope(len(body))
         messages = [{"type": "http.request", "body": body, "more_body": False}]
         loop = asyncio.get_running_loop()
         leaves_at = loop.time() + (leave_after_s if leave_after_s is not None else 3600)
@@ -315,20 +320,7 @@ def test_body_read_408_and_disconnect_in_process(system):
     is 408 after body_timeout_s (it waited forever before); a client that leaves while
     sending gets nothing and is counted as 499, the app never called with half a body."""
     app = app_for(trained_model_dir(), system, body_timeout_s=0.3)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/translate",
-        "raw_path": b"/v1/translate",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = translate_scope(100)
 
     async def exchange(then: str) -> tuple[list[dict], float]:
         messages: list[dict] = [{"type": "http.request", "body": b'{"q": "ab', "more_body": True}]
