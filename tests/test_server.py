@@ -24,7 +24,7 @@ from seq2seq import Config, Seq2Seq
 from seq2seq.cli import SERVE_OPTIONS, build_parser
 from seq2seq.decoding import DecodingOptions
 from seq2seq.model import build_model
-from seq2seq.server import Batcher, DeadlineExceeded, NotRunning, QueueFull, ServerSettings, create_app
+from seq2seq.server import Batcher, DeadlineExceeded, NotRunning, QueueFull, ServerSettings, client_gone, create_app
 from seq2seq.training import train
 
 from .conftest import bench_module
@@ -449,17 +449,17 @@ def fake_batcher(calls: list, delay: float = 0.0, **kwargs) -> Batcher:
 def test_batcher_drops_disconnected_clients_and_finishes_the_queue_at_shutdown():
     calls: list = []
 
-    async def gone() -> bool:
+    def gone() -> bool:
         return True
 
-    async def here() -> bool:
+    def here() -> bool:
         return False
 
     async def main():
         batcher = fake_batcher(calls, delay=0.2, window_s=0.05, max_sentences=2)
         batcher.start()
         jobs = [
-            asyncio.ensure_future(batcher.submit([f"t{i}"], "key", 1, 10.0, disconnected=gone if i == 1 else here))
+            asyncio.ensure_future(batcher.submit([f"t{i}"], "key", 1, 10.0, gone=gone if i == 1 else here))
             for i in range(6)
         ]
         await asyncio.sleep(0.01)
@@ -509,6 +509,51 @@ def test_batcher_keys_caps_window_zero_and_queue_bound():
     # tokens cap 5 at 2 tokens a request: pairs of requests; the other key apart
     assert calls == [[["a0"], ["a1"]], [["a2"], ["a3"]], [["b"]]]
     assert alone == [[["c0"]], [["c1"]], [["c2"]]]  # window 0: no merging
+
+
+def test_batcher_leaves_a_spill_past_a_full_row_bucket_for_the_next_call():
+    """17 one-text requests fill a 16-row call and leave one for the next (not a 32-row
+    call for 17); requests that would leave the bucket part empty stay together."""
+
+    async def decoded_groups(sizes: list[int]) -> list:
+        calls: list = []
+        batcher = fake_batcher(calls, window_s=0.05, max_sentences=64, row_buckets=[8, 16, 32, 64])
+        batcher.start()
+        texts = [[f"t{i}.{j}" for j in range(size)] for i, size in enumerate(sizes)]
+        results = await asyncio.gather(*(batcher.submit(group, "key", 1, 10.0) for group in texts))
+        await batcher.close()
+        assert [r.outputs for r in results] == [[text.upper() for text in group] for group in texts]
+        return calls
+
+    calls = run(decoded_groups([1] * 17))
+    assert [sum(len(group) for group in groups) for groups in calls] == [16, 1]
+    assert [group for groups in calls for group in groups] == [[f"t{i}.0"] for i in range(17)]  # in order
+    assert [sum(len(g) for g in groups) for groups in run(decoded_groups([10, 10]))] == [20]
+    assert [sum(len(g) for g in groups) for groups in run(decoded_groups([8, 1]))] == [8, 1]
+    assert [sum(len(g) for g in groups) for groups in run(decoded_groups([5]))] == [5]
+
+
+def test_client_gone_answers_without_waiting():
+    """One step of `receive`: a disconnect given at once is gone, a receive that would
+    wait is a client still there, a receive that fails has no client."""
+
+    async def main():
+        async def left() -> dict:
+            return {"type": "http.disconnect"}
+
+        async def waits() -> dict:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def fails() -> dict:
+            raise OSError("connection reset")
+
+        started = time.perf_counter()
+        answers = [client_gone(receive)() for receive in (left, waits, fails)]
+        return answers, time.perf_counter() - started
+
+    answers, seconds = run(main())
+    assert answers == [True, False, True] and seconds < 1
 
 
 def test_serve_options_match_the_settings():

@@ -307,7 +307,7 @@ class Seq2Seq:
                 longest = max(len(source_ids[i]) for i in rows)
                 batch_limit = max(limits[i] for i in rows) if cut else limit or allowed.for_batch(longest)
                 decoder = self._decoder(options, batch_limit)
-                batch = np.pad(batch, ((0, _padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
+                batch = np.pad(batch, ((0, padded_rows(len(rows), options.batch_size) - len(rows)), (0, 0)))
                 stats.count(batch, sum(len(source_ids[i]) for i in rows))
                 if options.sample:
                     seed = np.array([options.seed, number * allowed.max_length * 8], dtype="int32")
@@ -390,7 +390,7 @@ class Seq2Seq:
             key = ("forced", length)
             if key not in self._decoders:
                 self._decoders[key] = _ForcedDecoder(self.parts, length, return_attention=True)
-            filler = [[]] * (_padded_rows(len(rows), size) - len(rows))
+            filler = [[]] * (padded_rows(len(rows), size) - len(rows))
             source = pad([*(source_ids[i] for i in rows), *filler])
             target = pad([*(outputs[i] for i in rows), *filler], length=length)
             _, attention = self._decoders[key].predict_on_batch([source, target])
@@ -418,13 +418,18 @@ class Seq2Seq:
         return self._decoders[key]
 
 
-def _padded_rows(rows: int, batch_size: int) -> int:
+def padded_rows(rows: int, batch_size: int) -> int:
     """Pad a batch's row count to a power of two (at least 8, at most `batch_size`) so
     that few shapes are compiled."""
     size = 8
     while size < rows:
         size *= 2
     return max(min(size, batch_size), rows)
+
+
+def row_buckets(batch_size: int) -> list[int]:
+    """Every row count `padded_rows` gives for batches of up to `batch_size` rows."""
+    return sorted({padded_rows(rows, batch_size) for rows in range(1, batch_size + 1)})
 
 
 def _hypotheses(outputs, row: int) -> list[tuple[list[int], float]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import math
@@ -158,7 +159,7 @@ class _Job:
     arrived: float
     deadline: float
     future: asyncio.Future
-    disconnected: Callable[[], Awaitable[bool]] | None
+    gone: Callable[[], bool] | None  # whether the client has disconnected, without waiting
 
 
 class Batcher:
@@ -172,8 +173,12 @@ class Batcher:
     alone). A batch closes `window_s` after its first request arrived, or at once when
     `max_sentences` texts of its key wait; it takes requests in arrival order up to
     `max_sentences` texts and `max_tokens` tokens (the first always). With `window_s` 0
-    every request is decoded alone. Before a batch is decoded, requests whose deadline
-    passed get `DeadlineExceeded` and requests whose client disconnected are dropped.
+    every request is decoded alone. A decode call's rows are padded up to one of
+    `row_buckets` (api.row_buckets; none: no padding known): a batch that spills just past
+    one leaves its trailing requests for the next call when the rest fills the bucket
+    exactly (at 32 one-sentence clients, batches of 17 paid for 32 rows). Before a batch
+    is decoded, requests whose deadline passed get `DeadlineExceeded` and requests whose
+    client has gone are dropped.
     """
 
     def __init__(
@@ -184,8 +189,10 @@ class Batcher:
         max_tokens: int = 8192,
         max_queue: int = 1024,
         metrics: Metrics | None = None,
+        row_buckets: Sequence[int] = (),
     ) -> None:
         self.decode = decode
+        self.row_buckets = sorted(row_buckets)
         self.window_s = window_s
         self.max_sentences = max_sentences
         self.max_tokens = max_tokens
@@ -214,16 +221,17 @@ class Batcher:
         tokens: int,
         timeout_s: float,
         return_attention: bool = False,
-        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> BatchResult:
-        """Queue a request's texts and wait for their outputs (at most `timeout_s`)."""
+        """Queue a request's texts and wait for their outputs (at most `timeout_s`). `gone`
+        tells, without waiting, whether the client has disconnected (`client_gone`)."""
         if self._task is None or self._closing:
             raise NotRunning("the server is not running")
         if self.queued + len(texts) > self.max_queue:
             raise QueueFull(f"the queue is full ({self.queued} texts wait, at most {self.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        job = _Job(list(texts), tokens, key, return_attention, now, now + timeout_s, loop.create_future(), disconnected)
+        job = _Job(list(texts), tokens, key, return_attention, now, now + timeout_s, loop.create_future(), gone)
         self._pending.append(job)
         self._queued(len(texts))
         if self._wakeup is not None:
@@ -272,7 +280,7 @@ class Batcher:
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), head.arrived + self.window_s - loop.time())
-            batch = await self._live(self._take(head.key))
+            batch = self._live(self._take(head.key))
             if batch:
                 await self._decode(batch)
 
@@ -280,7 +288,7 @@ class Batcher:
         """Remove from the queue the requests of `key` that fit in one call, in order."""
         batch: list[_Job] = []
         sentences = tokens = 0
-        for job in list(self._pending):
+        for job in self._pending:
             if job.key != key:
                 continue
             if batch and (
@@ -292,11 +300,24 @@ class Batcher:
             batch.append(job)
             sentences += len(job.texts)
             tokens += job.tokens
+        batch = self._fill_bucket(batch)
+        for job in batch:
             self._pending.remove(job)
-        self._queued(-sentences)
+        self._queued(-sum(len(job.texts) for job in batch))
         return batch
 
-    async def _live(self, batch: list[_Job]) -> list[_Job]:
+    def _fill_bucket(self, batch: list[_Job]) -> list[_Job]:
+        """`batch` without its trailing requests past the largest row bucket it holds,
+        when the rest fills that bucket exactly; else `batch` as it is."""
+        sentences = sum(len(job.texts) for job in batch)
+        full = max((rows for rows in self.row_buckets if rows <= sentences), default=sentences)
+        kept = len(batch)
+        while kept > 1 and sentences > full:
+            kept -= 1
+            sentences -= len(batch[kept].texts)
+        return batch[:kept] if sentences == full else batch
+
+    def _live(self, batch: list[_Job]) -> list[_Job]:
         """The requests of `batch` still worth decoding."""
         now = asyncio.get_running_loop().time()
         live = []
@@ -306,7 +327,7 @@ class Batcher:
             elif now > job.deadline:
                 job.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
                 self._reject("deadline")
-            elif job.disconnected is not None and await job.disconnected():
+            elif job.gone is not None and job.gone():
                 job.future.cancel()
                 self._reject("disconnected")
             else:
@@ -454,6 +475,28 @@ class _Asgi:
                 raise too_large
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+
+def client_gone(receive: Callable[[], Awaitable[dict]]) -> Callable[[], bool]:
+    """Whether the client of a request whose body was read has disconnected, answered at
+    once: one step of `receive`, which then has only "http.disconnect" to give (uvicorn
+    gives it at once when the client has gone, else waits). Starlette's
+    `Request.is_disconnected` asks the same through a cancelled await, one event-loop
+    round per request; in the batcher that cost 10% of the throughput
+    (docs/performance.md)."""
+
+    def gone() -> bool:
+        step = receive()
+        try:
+            step.send(None)
+        except StopIteration as finished:
+            return finished.value.get("type") == "http.disconnect"
+        except Exception:  # a receive that fails has no client behind it
+            return True
+        step.close()  # it waits for a message: the client is still there
+        return False
+
+    return gone
 
 
 def _replay(body: bytes, receive):
@@ -635,7 +678,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
     """The app serving the model in `model_dir` (loaded now, once; or `system`, a loaded
     `Seq2Seq` of that directory, as the tests pass). Decoders compile at start-up, in the
     worker thread, and /readyz answers 503 until they have."""
-    from .api import Seq2Seq
+    from .api import Seq2Seq, row_buckets
     from .decoding import DecodingOptions
 
     settings = settings or ServerSettings()
@@ -654,6 +697,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         max_tokens=settings.max_batch_tokens,
         max_queue=settings.max_queue,
         metrics=metrics,
+        row_buckets=row_buckets(settings.max_batch_sentences),
     )
 
     @contextlib.asynccontextmanager
@@ -664,6 +708,9 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             started = time.perf_counter()
             await batcher.run_in_worker(warm_up, system, settings, model_dir)
             state["warmup_s"] = round(time.perf_counter() - started, 3)
+            # the model and compiled programs are ~630k objects the collector would
+            # otherwise walk in every full collection (~400 ms each, stalling every request)
+            gc.freeze()
             state["ready"] = True
 
         if settings.warmup:
@@ -782,7 +829,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
         tokens = sum(len(ids) for ids in system.encode(texts))
         try:
             return await batcher.submit(
-                texts, key, tokens, settings.timeout_s, attention, disconnected=request.is_disconnected
+                texts, key, tokens, settings.timeout_s, attention, gone=client_gone(request.receive)
             )
         except QueueFull as error:
             metrics.rejections.labels("queue_full").inc()
@@ -962,7 +1009,7 @@ def warm_up(system, settings: ServerSettings, model_dir: str | Path | None = Non
     limit) of sources up to the longest the model was trained on (at most
     `warmup_max_length`); the page's beam search (beam 4, 3 best) and the attention pass
     for one batch size. Returns the number of shapes run. Runs in the worker thread."""
-    from .api import SPLIT_DIR, _padded_rows
+    from .api import SPLIT_DIR, row_buckets
     from .batches import padded_length
     from .decoding import DecodingOptions
 
@@ -976,7 +1023,7 @@ def warm_up(system, settings: ServerSettings, model_dir: str | Path | None = Non
             longest = min(longest, max(len(ids) for ids in system.encode([p.source for p in pairs])))
     shapes, seen = 0, set()
     max_length = system.max_length
-    rows = sorted({_padded_rows(n, settings.max_batch_sentences) for n in range(1, settings.max_batch_sentences + 1)})
+    rows = row_buckets(settings.max_batch_sentences)
     for n in range(1, longest + 1):
         shape = (padded_length(n), system.output_limit(n, max_length))
         if shape in seen:
