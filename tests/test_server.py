@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import gc
 import math
 import re
 import shutil
@@ -24,7 +25,16 @@ from seq2seq import Config, Seq2Seq
 from seq2seq.cli import SERVE_OPTIONS, build_parser
 from seq2seq.decoding import DecodingOptions
 from seq2seq.model import build_model
-from seq2seq.server import Batcher, DeadlineExceeded, NotRunning, QueueFull, ServerSettings, client_gone, create_app
+from seq2seq.server import (
+    Batcher,
+    DeadlineExceeded,
+    NotRunning,
+    QueueFull,
+    ServerSettings,
+    _replay,
+    client_gone,
+    create_app,
+)
 from seq2seq.training import train
 
 from .conftest import bench_module
@@ -314,6 +324,10 @@ def test_info_health_metrics_docs_and_page(model_dir, system):
 
 
 def test_readyz_is_503_until_warmed_up(model_dir, system):
+    """Ready only after warm-up, which then leaves the model's objects out of the
+    garbage collector's full collections (gc.freeze: they stalled every request)."""
+    frozen = gc.get_freeze_count()
+
     async def main():
         settings = dict(warmup=True, warmup_max_length=2, max_batch_sentences=8)
         async with client_of(app_for(model_dir, system, **settings)) as client:
@@ -325,7 +339,11 @@ def test_readyz_is_503_until_warmed_up(model_dir, system):
                 await asyncio.sleep(0.1)
             return before, early, after, await client.post("/v1/translate", json={"q": "ab"})
 
-    before, early, after, late = run(main())
+    try:
+        before, early, after, late = run(main())
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()  # the tests after this one in the process collect as before
     assert_error(before, 503, "not_ready")
     assert_error(early, 503, "not_ready")
     assert early.headers["retry-after"] == "1"
@@ -513,24 +531,37 @@ def test_batcher_keys_caps_window_zero_and_queue_bound():
 
 def test_batcher_leaves_a_spill_past_a_full_row_bucket_for_the_next_call():
     """17 one-text requests fill a 16-row call and leave one for the next (not a 32-row
-    call for 17); requests that would leave the bucket part empty stay together."""
+    call for 17); requests that would leave the bucket part empty stay together, and so
+    do 17 whose padded bucket (20) is not twice the full one. A client that has gone is
+    dropped before the bucket is filled."""
 
-    async def decoded_groups(sizes: list[int]) -> list:
+    async def decoded_groups(sizes: list[int], gone_at: int = -1, buckets=(8, 16, 32, 64)) -> list:
         calls: list = []
-        batcher = fake_batcher(calls, window_s=0.05, max_sentences=64, row_buckets=[8, 16, 32, 64])
+        batcher = fake_batcher(calls, window_s=0.05, max_sentences=64, row_buckets=buckets)
         batcher.start()
         texts = [[f"t{i}.{j}" for j in range(size)] for i, size in enumerate(sizes)]
-        results = await asyncio.gather(*(batcher.submit(group, "key", 1, 10.0) for group in texts))
+        submitted = [
+            batcher.submit(group, "key", 1, 10.0, gone=lambda i=i: i == gone_at) for i, group in enumerate(texts)
+        ]
+        results = await asyncio.gather(*submitted, return_exceptions=True)
         await batcher.close()
-        assert [r.outputs for r in results] == [[text.upper() for text in group] for group in texts]
-        return calls
+        for i, (group, result) in enumerate(zip(texts, results, strict=True)):
+            if i == gone_at:
+                assert isinstance(result, asyncio.CancelledError)
+            else:
+                assert result.outputs == [text.upper() for text in group]
+        assert batcher.queued == 0
+        return [sum(len(group) for group in groups) for groups in calls], [g for groups in calls for g in groups]
 
-    calls = run(decoded_groups([1] * 17))
-    assert [sum(len(group) for group in groups) for groups in calls] == [16, 1]
-    assert [group for groups in calls for group in groups] == [[f"t{i}.0"] for i in range(17)]  # in order
-    assert [sum(len(g) for g in groups) for groups in run(decoded_groups([10, 10]))] == [20]
-    assert [sum(len(g) for g in groups) for groups in run(decoded_groups([8, 1]))] == [8, 1]
-    assert [sum(len(g) for g in groups) for groups in run(decoded_groups([5]))] == [5]
+    sizes, groups = run(decoded_groups([1] * 17))
+    assert sizes == [16, 1] and groups == [[f"t{i}.0"] for i in range(17)]  # in order
+    assert run(decoded_groups([10, 10]))[0] == [20]
+    assert run(decoded_groups([8, 1]))[0] == [8, 1]
+    assert run(decoded_groups([5]))[0] == [5]
+    assert run(decoded_groups([1] * 17, buckets=(8, 16, 20)))[0] == [17]  # padded to 20: one call
+    # a client that has gone is dropped before the bucket is filled: 16 live texts decode
+    sizes, groups = run(decoded_groups([1] * 18, gone_at=3))
+    assert sizes == [16, 1] and ["t3.0"] not in groups
 
 
 def test_client_gone_answers_without_waiting():
@@ -548,12 +579,17 @@ def test_client_gone_answers_without_waiting():
         async def fails() -> dict:
             raise OSError("connection reset")
 
+        async def more_body() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        replayed = _replay(b"{}", waits)  # as the server wraps uvicorn's receive
+        assert (await replayed())["body"] == b"{}"  # the app reads the body first
         started = time.perf_counter()
-        answers = [client_gone(receive)() for receive in (left, waits, fails)]
+        answers = [client_gone(receive)() for receive in (left, waits, fails, more_body, replayed)]
         return answers, time.perf_counter() - started
 
     answers, seconds = run(main())
-    assert answers == [True, False, True] and seconds < 1
+    assert answers == [True, False, True, False, False] and seconds < 1
 
 
 def test_serve_options_match_the_settings():

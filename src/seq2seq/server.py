@@ -174,11 +174,11 @@ class Batcher:
     `max_sentences` texts of its key wait; it takes requests in arrival order up to
     `max_sentences` texts and `max_tokens` tokens (the first always). With `window_s` 0
     every request is decoded alone. A decode call's rows are padded up to one of
-    `row_buckets` (api.row_buckets; none: no padding known): a batch that spills just past
-    one leaves its trailing requests for the next call when the rest fills the bucket
-    exactly (at 32 one-sentence clients, batches of 17 paid for 32 rows). Before a batch
-    is decoded, requests whose deadline passed get `DeadlineExceeded` and requests whose
-    client has gone are dropped.
+    `row_buckets` (api.row_buckets; none: no padding known): a batch that spills past one
+    into a bucket at least twice as large leaves its trailing requests for the next call
+    when the rest fills the first exactly (at 32 one-sentence clients, batches of 17 paid
+    for 32 rows). Requests whose deadline passed get `DeadlineExceeded`, and requests
+    whose client has gone are dropped, before they count towards a batch.
     """
 
     def __init__(
@@ -280,13 +280,16 @@ class Batcher:
                 self._wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), head.arrived + self.window_s - loop.time())
-            batch = self._live(self._take(head.key))
+            batch = self._take(head.key)
             if batch:
                 await self._decode(batch)
 
     def _take(self, key: Any) -> list[_Job]:
-        """Remove from the queue the requests of `key` that fit in one call, in order."""
+        """Remove from the queue the requests of `key` that fit in one call, in order, and
+        the requests of `key` met on the way that are no longer wanted (`_wanted`)."""
+        now = asyncio.get_running_loop().time()
         batch: list[_Job] = []
+        dropped: list[_Job] = []
         sentences = tokens = 0
         for job in self._pending:
             if job.key != key:
@@ -297,42 +300,47 @@ class Batcher:
                 or tokens + job.tokens > self.max_tokens
             ):
                 break
+            if not self._wanted(job, now):
+                dropped.append(job)
+                continue
             batch.append(job)
             sentences += len(job.texts)
             tokens += job.tokens
         batch = self._fill_bucket(batch)
-        for job in batch:
+        for job in (*dropped, *batch):
             self._pending.remove(job)
-        self._queued(-sum(len(job.texts) for job in batch))
+        self._queued(-sum(len(job.texts) for job in (*dropped, *batch)))
         return batch
 
     def _fill_bucket(self, batch: list[_Job]) -> list[_Job]:
         """`batch` without its trailing requests past the largest row bucket it holds,
-        when the rest fills that bucket exactly; else `batch` as it is."""
+        when the rest fills that bucket exactly and the bucket `batch` would be padded to
+        is at least twice as large; else `batch` as it is."""
         sentences = sum(len(job.texts) for job in batch)
         full = max((rows for rows in self.row_buckets if rows <= sentences), default=sentences)
+        padded = min((rows for rows in self.row_buckets if rows >= sentences), default=sentences)
+        if padded < 2 * full:
+            return batch
         kept = len(batch)
         while kept > 1 and sentences > full:
             kept -= 1
             sentences -= len(batch[kept].texts)
         return batch[:kept] if sentences == full else batch
 
-    def _live(self, batch: list[_Job]) -> list[_Job]:
-        """The requests of `batch` still worth decoding."""
-        now = asyncio.get_running_loop().time()
-        live = []
-        for job in batch:
-            if job.future.done():  # its waiter timed out or was cancelled
-                self._reject("cancelled")
-            elif now > job.deadline:
-                job.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
-                self._reject("deadline")
-            elif job.gone is not None and job.gone():
-                job.future.cancel()
-                self._reject("disconnected")
-            else:
-                live.append(job)
-        return live
+    def _wanted(self, job: _Job, now: float) -> bool:
+        """Whether `job` is still worth decoding; if not, its waiter is answered (when one
+        still waits) and the rejection counted."""
+        if job.future.done():  # its waiter timed out or was cancelled
+            self._reject("cancelled")
+        elif now > job.deadline:
+            job.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
+            self._reject("deadline")
+        elif job.gone is not None and job.gone():
+            job.future.cancel()
+            self._reject("disconnected")
+        else:
+            return True
+        return False
 
     def _reject(self, reason: str) -> None:
         if self.metrics:
@@ -486,14 +494,17 @@ def client_gone(receive: Callable[[], Awaitable[dict]]) -> Callable[[], bool]:
     (docs/performance.md)."""
 
     def gone() -> bool:
-        step = receive()
         try:
-            step.send(None)
-        except StopIteration as finished:
-            return finished.value.get("type") == "http.disconnect"
+            step = receive()
+            try:
+                step.send(None)
+            except StopIteration as finished:
+                message = finished.value
+                return isinstance(message, dict) and message.get("type") == "http.disconnect"
         except Exception:  # a receive that fails has no client behind it
             return True
-        step.close()  # it waits for a message: the client is still there
+        with contextlib.suppress(Exception):  # a quirk of closing must not stop the batcher
+            step.close()  # it waits for a message: the client is still there
         return False
 
     return gone
@@ -710,6 +721,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             state["warmup_s"] = round(time.perf_counter() - started, 3)
             # the model and compiled programs are ~630k objects the collector would
             # otherwise walk in every full collection (~400 ms each, stalling every request)
+            gc.collect()  # what warm-up left as garbage is not frozen with them
             gc.freeze()
             state["ready"] = True
 
