@@ -307,9 +307,10 @@ class Batcher:
             sentences += len(job.texts)
             tokens += job.tokens
         batch = self._fill_bucket(batch)
-        for job in (*dropped, *batch):
+        taken = dropped + batch
+        for job in taken:
             self._pending.remove(job)
-        self._queued(-sum(len(job.texts) for job in (*dropped, *batch)))
+        self._queued(-sum(len(job.texts) for job in taken))
         return batch
 
     def _fill_bucket(self, batch: list[_Job]) -> list[_Job]:
