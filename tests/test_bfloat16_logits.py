@@ -15,7 +15,6 @@ from seq2seq.config import Config
 from seq2seq.errors import UserError
 from seq2seq.layers import TiedEmbedding
 from seq2seq.model import build_model, inference_parts
-from seq2seq.native import cpu_flags
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="bfloat16 logits are a JAX path")
 
@@ -38,11 +37,24 @@ def test_the_switches(monkeypatch, variable, switch, setting, expected):
 
 
 @pytest.mark.parametrize(("variable", "switch"), SWITCHES)
-def test_by_default_on_where_it_pays(monkeypatch, variable, switch):
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "amx_bf16", "amx_tile"}, True),  # Intel Xeon with AMX
+        ({"avx2", "avx512f", "avx512_bf16"}, True),  # AMD Zen 4 and 5
+        ({"avx2", "avx512f"}, False),
+        ({"avx2", "fma"}, False),
+        ({"asimd", "bf16"}, False),  # ARM: not measured
+    ],
+)
+def test_by_default_on_where_the_cpu_has_bfloat16_matrix_instructions(monkeypatch, variable, switch, flags, expected):
     import jax
 
+    from seq2seq import native
+
     monkeypatch.delenv(variable, raising=False)
-    assert switch() == (jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags())
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset(flags))
+    assert switch() is (expected and jax.default_backend() == "cpu")
 
 
 @pytest.mark.parametrize(("variable", "switch"), SWITCHES)

@@ -63,10 +63,14 @@ def sample_categorical(logits, seed):
     raise NotImplementedError(f"sampling is not implemented for the {name()} backend")
 
 
+BFLOAT16_MATRIX_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo names
+
+
 def _bfloat16_switch(variable: str) -> bool:
     """An on|off|auto switch for a bfloat16 product (only JAX runs them). auto (unset):
-    on where it was measured to pay, a CPU with AMX, whose bfloat16 matrix products run
-    the (B, E) @ (E, V) product about 4x faster than float32."""
+    on where it was measured to pay: a CPU with bfloat16 matrix instructions, AMX (Intel
+    Xeon, the (B, E) @ (E, V) product about 4x faster than float32) or AVX512-BF16 (AMD
+    Zen 5: greedy decoding 1.4x, training 1.1x; docs/performance.md)."""
     setting = os.environ.get(variable, "auto").strip().lower()
     if setting not in ("on", "off", "auto"):
         raise UserError(f"{variable} must be on, off or auto, not {setting!r}")
@@ -78,7 +82,7 @@ def _bfloat16_switch(variable: str) -> bool:
 
     from .native import cpu_flags
 
-    return jax.default_backend() == "cpu" and "amx_bf16" in cpu_flags()
+    return jax.default_backend() == "cpu" and bool(BFLOAT16_MATRIX_FLAGS & cpu_flags())
 
 
 def bfloat16_logits() -> bool:
