@@ -358,7 +358,7 @@ class Seq2Seq:
             limits = [limit for group in encoded for limit in self.alone_limits(group, options)]
             generated = self._generate(flat, options, stats, limits)
         texts = [text for group in groups for text in group]
-        attention = self._forced_attention(flat, [h[0][0] for h in generated]) if return_attention else None
+        attention = self.forced_attention(flat, [h[0][0] for h in generated]) if return_attention else None
         outputs = []
         for i, (text, hypotheses) in enumerate(zip(texts, generated, strict=True)):
             best = hypotheses[0][0]
@@ -378,7 +378,7 @@ class Seq2Seq:
             start += len(group)
         return Decoded(split, stats.calls, stats.padding_share)
 
-    def _forced_attention(self, source_ids: Sequence[Sequence[int]], outputs: Sequence[list[int]]) -> list[np.ndarray]:
+    def forced_attention(self, source_ids: Sequence[Sequence[int]], outputs: Sequence[list[int]]) -> list[np.ndarray]:
         """The attention weights (output tokens x source tokens) of each given output,
         from one teacher-forced pass of the decoder per batch of similar lengths."""
         weights = [np.zeros((len(o), len(s)), dtype="float32") for s, o in zip(source_ids, outputs, strict=True)]

@@ -1049,7 +1049,7 @@ def warm_up(system, settings: ServerSettings, model_dir: str | Path | None = Non
         beam = DecodingOptions(beam=min(4, settings.max_beam), n_best=min(3, settings.max_n_best), batch_size=64)
         system.generate(text_ids, beam)
         if system.config.attention != "none":
-            system._forced_attention(text_ids, [[4] * min(n, shape[1])])
+            system.forced_attention(text_ids, [[4] * min(n, shape[1])])
         shapes += 2
     with contextlib.suppress(Exception):
         from .backend import release_freed_memory
