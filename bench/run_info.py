@@ -11,9 +11,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def amd_core(family: int, model: int) -> str | None:
+    """The Zen generation of an AMD CPU family and model (AMD's model names do not say
+    it); None where not known here."""
+    if family == 26:
+        return "Zen 5"
+    if family == 25:  # Zen 4: Genoa, Raphael and Phoenix, Bergamo; the rest Zen 3
+        return (
+            "Zen 4"
+            if model in range(0x10, 0x20) or model in range(0x60, 0x80) or model in range(0xA0, 0xB0)
+            else "Zen 3"
+        )
+    if family == 23:
+        return "Zen 2" if model >= 0x30 else "Zen"
+    return None
+
+
 def cpu_name() -> str:
-    """The CPU's model name, family and model number (AMD's names do not say Zen 4 or 5,
-    nor a virtual Intel Xeon's which one it is) and the cores this process may use."""
+    """The CPU's model name (with the Zen generation of an AMD CPU), family and model
+    number (a virtual Intel Xeon's name does not say which one it is) and the cores this
+    process may use."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():  # macOS, Windows
         return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
@@ -22,6 +39,13 @@ def cpu_name() -> str:
     info = {key.strip(): value.strip() for key, _, value in lines}
     name = " ".join(info.get("model name", platform.machine()).split())
     family, model = info.get("cpu family", "?"), info.get("model", "?")
+    core = (
+        amd_core(int(family), int(model))
+        if info.get("vendor_id") == "AuthenticAMD" and family.isdigit() and model.isdigit()
+        else None
+    )
+    if core and core not in name:
+        name = f"{name} {core}"
     return f"{name} (family {family}, model {model}), {len(os.sched_getaffinity(0))} cores"
 
 

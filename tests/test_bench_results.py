@@ -92,3 +92,19 @@ def test_the_table_shows_a_float32_row_where_bfloat16_was_the_default(monkeypatc
     plain = measurements(300.0, 200.0)
     assert marker not in default.table(plain)
     assert row in default.table(plain | {key: result})
+
+
+@pytest.mark.parametrize(
+    ("family", "model", "core"),
+    [
+        (26, 2, "Zen 5"),
+        (25, 17, "Zen 4"),
+        (25, 0x61, "Zen 4"),
+        (25, 1, "Zen 3"),
+        (23, 49, "Zen 2"),
+        (23, 1, "Zen"),
+        (6, 167, None),
+    ],
+)
+def test_an_amd_cpu_is_named_with_its_zen_generation(family, model, core):
+    assert bench_module("run_info").amd_core(family, model) == core
