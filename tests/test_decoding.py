@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from keras import ops
 
+from seq2seq import decoding
 from seq2seq.config import Config
 from seq2seq.decoding import (
     BeamSearchDecoder,
@@ -18,6 +21,7 @@ from seq2seq.decoding import (
     output_logits,
     sampling_settings,
     stepwise_greedy,
+    top_k_rows,
 )
 from seq2seq.model import build_model, inference_parts
 from seq2seq.vocab import END_ID, PAD_ID, START_ID
@@ -182,6 +186,45 @@ def test_best_ids_is_argmax_with_first_of_ties():
     chosen = ops.convert_to_numpy(best_ids(ops.convert_to_tensor(logits)))
     np.testing.assert_array_equal(chosen, np.argmax(logits, axis=-1))
     assert chosen.dtype == np.int32 and chosen[3] == 5 and chosen[7] == 0 and chosen[9] == 36
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 5).flatmap(
+        lambda k: st.tuples(
+            st.just(k),
+            st.sampled_from([1, 2, 3, 4, 32]),
+            st.lists(st.lists(st.integers(-3, 3), min_size=k + 40, max_size=k + 40), min_size=1, max_size=4),
+        )
+    )
+)
+@example((3, 2, [[1, 0, 2, 1] + [-3] * 39]))  # equal values in chosen chunks out of order
+def test_top_k_rows_is_top_k_with_the_lower_index_first_on_ties(case):
+    """The chunked top-k gives what a stable sort does, ties (many, from small integers)
+    and a last chunk shorter than the others included."""
+    k, chunk, rows = case
+    values = np.array(rows, dtype="float32")
+    saved, decoding.TOP_K_CHUNK = decoding.TOP_K_CHUNK, chunk
+    try:
+        best, where = (ops.convert_to_numpy(x) for x in top_k_rows(ops.convert_to_tensor(values), k))
+    finally:
+        decoding.TOP_K_CHUNK = saved
+    expected = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(where, expected)
+    np.testing.assert_array_equal(best, np.take_along_axis(values, expected, axis=1))
+
+
+@pytest.mark.parametrize("attention", ["none", "luong"])
+def test_beam_search_chooses_the_same_through_chunked_top_k(attention, monkeypatch):
+    """Beam search over chunks of one column (the chunked path on this small vocabulary)
+    gives the outputs and scores of the plain top_k."""
+    _, parts = _model(attention, seed=4)
+    source = _sources()
+    plain = BeamSearchDecoder(parts, MAX_LENGTH, beam_size=4, n_best=4).predict_on_batch(source)
+    monkeypatch.setattr(decoding, "TOP_K_CHUNK", 1)
+    chunked = BeamSearchDecoder(parts, MAX_LENGTH, beam_size=4, n_best=4).predict_on_batch(source)
+    np.testing.assert_array_equal(np.asarray(chunked[0]), np.asarray(plain[0]))
+    np.testing.assert_allclose(np.asarray(chunked[1]), np.asarray(plain[1]), rtol=1e-6)
 
 
 @pytest.mark.parametrize(("attention", "seed"), [("none", 2), ("luong", 7)])

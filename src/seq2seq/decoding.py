@@ -185,6 +185,49 @@ def _cut_off(logits, top_k, top_p):
     return ops.where(logits < cutoff, NEGATIVE, logits)
 
 
+TOP_K_CHUNK = 32  # columns a chunk in top_k_rows
+
+
+def top_k_rows(values, k: int):
+    """values (R, N) -> the k largest of each row (R, k), largest first, and their column
+    indices (R, k), the lower index first on ties: what `ops.top_k` gives.
+
+    XLA's CPU runs top_k as a partial sort of each row, about 1 ns a value (R=320, N=8,001,
+    k=5: 3.0 ms on an AMD Zen 5). Here each row's columns are cut into chunks of TOP_K_CHUNK;
+    the k largest values lie in the k chunks with the largest maxima, so top_k runs over
+    the chunks' maxima and then over those k chunks' values (0.6 ms). The chosen chunks are
+    sorted by position, so ties resolve as top_k's do."""
+    width = values.shape[-1]
+    chunk = TOP_K_CHUNK
+    full = width // chunk * chunk
+    if full // chunk < 2 * k:  # few columns: top_k is quick
+        return ops.top_k(values, k)
+    maxima = ops.max(ops.reshape(values[:, :full], (-1, full // chunk, chunk)), axis=-1)
+    if full < width:  # the last, shorter chunk
+        maxima = ops.concatenate([maxima, ops.max(values[:, full:], axis=-1, keepdims=True)], axis=1)
+    chosen = ops.sort(ops.top_k(maxima, k)[1], axis=-1)  # (R, k) chunk numbers
+    columns = ops.reshape(ops.expand_dims(chosen, -1) * chunk + ops.arange(chunk, dtype=chosen.dtype), (-1, k * chunk))
+    picked = ops.take_along_axis(values, ops.minimum(columns, width - 1), axis=1)
+    picked = ops.where(columns < width, picked, ops.cast(-np.inf, values.dtype))  # past the last column
+    best, where = _largest(picked, k)
+    return best, ops.take_along_axis(columns, where, axis=1)
+
+
+def _largest(values, k: int):
+    """top_k of a few columns as k rounds of max: XLA's CPU ran top_k of (320, 160) as a
+    full sort of each row, 4.8 ms (Zen 5)."""
+    width = values.shape[-1]
+    positions = ops.arange(width, dtype="int32")
+    best, where = [], []
+    for _ in range(k):
+        most = ops.max(values, axis=-1, keepdims=True)
+        first = ops.min(ops.where(values == most, positions, width), axis=-1, keepdims=True)
+        best.append(most)
+        where.append(first)
+        values = ops.where(positions == first, ops.cast(-np.inf, values.dtype), values)
+    return ops.concatenate(best, axis=-1), ops.concatenate(where, axis=-1)
+
+
 def length_penalty(length, alpha: float):
     """GNMT's length normalisation: ((5 + length) / 6) ** alpha (1 when alpha is 0)."""
     return ops.power((5.0 + ops.cast(length, "float32")) / 6.0, alpha)
@@ -230,18 +273,25 @@ class BeamSearchDecoder(_Decoder):
 
         def step(t, previous, tokens, scores, lengths, finished, done, *state):
             logits, _, state = self.step(previous, context, list(state))
-            vocab = logits.shape[-1]
-            log_probs = ops.reshape(ops.log_softmax(logits, axis=-1), (-1, k, vocab))
+            # Each hypothesis's n = min(K, V) most probable next tokens: the K best of a
+            # sentence are among their K * n. log_softmax as ops.log_softmax computes it.
+            n = min(k, logits.shape[-1])
+            best_logits, next_ids = top_k_rows(logits, n)  # (B * K, n)
+            most = best_logits[:, :1]
+            log_probs = best_logits - most - ops.log(ops.sum(ops.exp(logits - most), axis=-1, keepdims=True))
+            log_probs, next_ids = ops.reshape(log_probs, (-1, k, n)), ops.reshape(next_ids, (-1, k, n))
             # a finished hypothesis (or any of a done sentence) continues only with <pad>, at no cost
             frozen = ops.logical_or(finished, ops.expand_dims(done, 1))
-            pad_only = ops.where(ops.arange(vocab) == PAD_ID, 0.0, NEGATIVE)
+            pad_only = ops.where(ops.arange(n) == 0, 0.0, NEGATIVE)
             log_probs = ops.where(ops.expand_dims(frozen, -1), pad_only, log_probs)
-            candidates = ops.expand_dims(scores, -1) + log_probs  # (B, K, V)
+            next_ids = ops.where(ops.expand_dims(frozen, -1), PAD_ID, next_ids)
+            candidates = ops.expand_dims(scores, -1) + log_probs  # (B, K, n)
             candidate_lengths = ops.where(frozen, lengths, t + 1)
             ranked = candidates / ops.expand_dims(length_penalty(candidate_lengths, self.alpha), -1)
-            _, best = ops.top_k(ops.reshape(ranked, (-1, k * vocab)), k)  # (B, K), best first
-            origin, token = best // vocab, ops.cast(best % vocab, "int32")
-            scores = ops.take_along_axis(ops.reshape(candidates, (-1, k * vocab)), best, axis=1)
+            _, best = ops.top_k(ops.reshape(ranked, (-1, k * n)), k)  # (B, K), best first
+            origin = best // n
+            token = ops.cast(ops.take_along_axis(ops.reshape(next_ids, (-1, k * n)), best, axis=1), "int32")
+            scores = ops.take_along_axis(ops.reshape(candidates, (-1, k * n)), best, axis=1)
             was_frozen = ops.take_along_axis(frozen, origin, axis=1)
             lengths = ops.where(was_frozen, ops.take_along_axis(candidate_lengths, origin, axis=1), t + 1)
             finished = ops.logical_or(ops.take_along_axis(finished, origin, axis=1), token == END_ID)
