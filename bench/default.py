@@ -378,7 +378,7 @@ def measure_decode(args) -> None:
         from seq2seq.decoding import DecodingOptions
 
         system = Seq2Seq.load(trained)
-        extra["bf16_logits"] = system.parts.bfloat16_logits
+        extra["bf16_products"] = system.parts.bfloat16_products
         options = DecodingOptions(beam=args.beam, batch_size=DECODE_BATCH)
 
         def translate() -> list[list[int]]:
@@ -411,7 +411,7 @@ def measure_decode(args) -> None:
         ids, outputs = text_to_text()
         passes.append(time.perf_counter() - started)
     seconds = statistics.median(passes)
-    logits = "-bf16" if extra.get("bf16_logits") else ""
+    logits = "-bf16" if extra.get("bf16_products") or extra.get("bf16_logits") else ""
     written = trained / f"outputs-{args.impl}-beam{args.beam}{logits}.txt"
     written.write_text("".join(f"{o}\n" for o in outputs), encoding="utf-8")
     report(
@@ -632,10 +632,10 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
         results[f"decode_beam{beam}_agreement"] = agreement(
             results[f"decode_beam{beam}_seq2seq"], results[f"decode_beam{beam}_torch"]
         )
-        # decoding's lever (backend.bfloat16_logits), measured where the default turns it on
-        if results[f"decode_beam{beam}_seq2seq"].get("bf16_logits"):
-            results[f"decode_beam{beam}_seq2seq_float32_logits"] = measure(
-                "decode", *decode, "--beam", str(beam), jax_cache=jax_cache, switches={"SEQ2SEQ_BF16_LOGITS": "off"}
+        # decoding's lever (backend.bfloat16_decoding), measured where the default turns it on
+        if results[f"decode_beam{beam}_seq2seq"].get("bf16_products"):
+            results[f"decode_beam{beam}_seq2seq_float32"] = measure(
+                "decode", *decode, "--beam", str(beam), jax_cache=jax_cache, switches={"SEQ2SEQ_BF16_DECODING": "off"}
             )
     results["total_minutes"] = round((time.time() - started) / 60, 1)
     results["machine"] = cpu_name()
@@ -678,12 +678,17 @@ def table(r: dict) -> str:
         )
         share = r[f"decode_beam{beam}_agreement"]
         rows.append(f"| {name} outputs identical (same weights) | {share:.1%} | | |")
-        if f"decode_beam{beam}_seq2seq_float32_logits" in r:
-            exact = r[f"decode_beam{beam}_seq2seq_float32_logits"]["sentences_per_s"]
-            rows.append(
-                f"| {name} decoding, sentences/s with float32 logits (the default here: bfloat16, backend.py)"
-                f" | {exact:,} | | {exact / ours['sentences_per_s']:.2f}× of ours with them |"
-            )
+        levers = {  # results before 2026-12-07 measured the logits alone
+            "float32": "float32 products (the default here: bfloat16 operands, backend.py)",
+            "float32_logits": "float32 logits (the default here: bfloat16, backend.py)",
+        }
+        for suffix, what in levers.items():
+            if f"decode_beam{beam}_seq2seq_{suffix}" in r:
+                exact = r[f"decode_beam{beam}_seq2seq_{suffix}"]["sentences_per_s"]
+                rows.append(
+                    f"| {name} decoding, sentences/s with {what}"
+                    f" | {exact:,} | | {exact / ours['sentences_per_s']:.2f}× of ours with them |"
+                )
     compare("peak memory, training (MB)", ts, tt, "peak_rss_mb")
     compare("peak memory, greedy decoding (MB)", r["decode_beam1_seq2seq"], r["decode_beam1_torch"], "peak_rss_mb")
     compare("peak memory, beam-5 decoding (MB)", r["decode_beam5_seq2seq"], r["decode_beam5_torch"], "peak_rss_mb")

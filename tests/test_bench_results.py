@@ -71,6 +71,13 @@ def test_the_report_shows_every_cpus_ratios_newest_first(tmp_path, monkeypatch):
     ("key", "result", "marker", "row"),
     [
         (
+            "decode_beam1_seq2seq_float32",
+            {"sentences_per_s": 240.0},
+            "float32 products",
+            "| greedy decoding, sentences/s with float32 products (the default here: bfloat16 operands, backend.py)"
+            " | 240.0 | | 0.80× ",
+        ),
+        (  # a results file from before the lever covered more than the logits
             "decode_beam1_seq2seq_float32_logits",
             {"sentences_per_s": 240.0},
             "float32 logits",

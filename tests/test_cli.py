@@ -66,10 +66,10 @@ def test_bad_settings_and_missing_model_are_clear_errors(tmp_path, capsys):
     assert "unknown built-in corpus" in capsys.readouterr().err
 
 
-def test_a_wrong_bfloat16_logits_setting_is_one_line(reverse_model_dir, capsys, monkeypatch):
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "yes")
+def test_a_wrong_bfloat16_decoding_setting_is_one_line(reverse_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("SEQ2SEQ_BF16_DECODING", "yes")
     assert main(["translate", "--model-dir", str(reverse_model_dir), "abc"]) == 2
-    assert capsys.readouterr().err == "seq2seq: error: SEQ2SEQ_BF16_LOGITS must be on, off or auto, not 'yes'\n"
+    assert capsys.readouterr().err == "seq2seq: error: SEQ2SEQ_BF16_DECODING must be on, off or auto, not 'yes'\n"
 
 
 def test_a_wrong_bfloat16_training_setting_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):

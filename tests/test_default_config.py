@@ -119,10 +119,10 @@ def test_learns_held_out_numbers(split, held_out):
 
 
 @pytest.mark.parametrize("setting", ["on", "off"])
-def test_learns_held_out_numbers_with_or_without_bfloat16_logits(monkeypatch, model_dir, split, setting):
+def test_learns_held_out_numbers_with_or_without_bfloat16_decoding(monkeypatch, model_dir, split, setting):
     if setting == "on" and keras.backend.backend() != "jax":
-        pytest.skip("bfloat16 logits are a JAX path")
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", setting)
+        pytest.skip("bfloat16 decoding is a JAX path")
+    monkeypatch.setenv("SEQ2SEQ_BF16_DECODING", setting)
     system = Seq2Seq.load(model_dir)
     greedy = score(system.translate([p.source for p in split.test]), [p.target for p in split.test])
     assert greedy.bleu >= MIN_BLEU and greedy.exact_match >= MIN_EXACT, greedy.table()

@@ -303,7 +303,7 @@ def test_info_health_metrics_docs_and_page(model_dir, system):
     assert info["test_scores"] == {"bleu": 42.0}
     assert info["settings"]["attention"] == "luong" and info["limits"]["max_chars"] == 1000
     assert info["backend"] == "jax" and info["device"].startswith("cpu") and info["version"]
-    assert info["logits"] == "float32"  # untied output layer: bfloat16 logits are for tied embeddings
+    assert info["products"] == "float32"  # untied output layer: bfloat16 decoding is for tied embeddings
     assert answers["/healthz"].json() == {"status": "ok"}
     assert answers["/readyz"].status_code == 200
     metrics = answers["/metrics"].text

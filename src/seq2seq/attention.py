@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from .layers import ProjectedLSTMCell, drop_removed_matmul_dtype
+from .layers import ProjectedLSTMCell, dense, drop_removed_matmul_dtype
 
 NEGATIVE = -1e9  # score of padded positions: zero weight after the softmax
 
@@ -94,8 +94,8 @@ class AttentionDecoder(layers.Layer):
         units = self.units
         for cell in self.cells:
             cell.build((None, 4 * units))
-        for dense in self.layer_inputs:
-            dense.build((None, units))
+        for layer_input in self.layer_inputs:
+            layer_input.build((None, units))
         self.feed.build((None, units))
         self.combine.build((None, 2 * units))
         if self.kind == "bahdanau":
@@ -114,31 +114,32 @@ class AttentionDecoder(layers.Layer):
         context = ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), memory), 1)
         return context, weights
 
-    def step(self, projected, memory, keys, source_mask, state, dropout_masks):
-        """One target token: projected (B, 4H), state tuple -> output (B, H), weights, state."""
+    def step(self, projected, memory, keys, source_mask, state, dropout_masks, bfloat16=False):
+        """One target token: projected (B, 4H), state tuple -> output (B, H), weights, state.
+        `bfloat16`: the products from bfloat16 operands, float32 sums (layers.product)."""
         lstm_state = list(state[: 2 * self.num_layers])
         if self.input_feeding:
             feed = state[-1]  # h~_{t-1}
         else:
             feed, weights = self.attend(lstm_state[-2], memory, keys, source_mask)  # context from s_{t-1}
-        x = projected + self.feed(feed)
+        x = projected + dense(self.feed, feed, bfloat16)
         for i, cell in enumerate(self.cells):
             if i > 0:
                 below = lstm_state[2 * i - 2]
                 if dropout_masks is not None:
                     below = below * dropout_masks[i - 1]
-                x = self.layer_inputs[i - 1](below)
-            h, (h, c) = cell(x, lstm_state[2 * i : 2 * i + 2])
+                x = dense(self.layer_inputs[i - 1], below, bfloat16)
+            h, (h, c) = cell(x, lstm_state[2 * i : 2 * i + 2], bfloat16=bfloat16)
             lstm_state[2 * i : 2 * i + 2] = [h, c]
         if self.input_feeding:
             context, weights = self.attend(h, memory, keys, source_mask)
         else:
             context = feed
-        output = self.combine(ops.concatenate([context, h], axis=-1))
+        output = dense(self.combine, ops.concatenate([context, h], axis=-1), bfloat16)
         new_state = (*lstm_state, output) if self.input_feeding else tuple(lstm_state)
         return output, weights, new_state
 
-    def call(self, inputs, memory, keys, source_mask, initial_state, training=False):
+    def call(self, inputs, memory, keys, source_mask, initial_state, training=False, bfloat16=False):
         keys = memory if keys is None else keys
         source_mask = ops.cast(source_mask, "bool")
         dropout_masks = None
@@ -155,7 +156,9 @@ class AttentionDecoder(layers.Layer):
         # also emits that carry: Keras's scan on TensorFlow needs its outputs shaped as
         # its carry.
         def step(carry, projected):
-            output, weights, state = self.step(projected, memory, keys, source_mask, carry[:-2], dropout_masks)
+            output, weights, state = self.step(
+                projected, memory, keys, source_mask, carry[:-2], dropout_masks, bfloat16
+            )
             carry = (*state, output, ops.cast(weights, output.dtype))
             return carry, carry
 
@@ -165,7 +168,7 @@ class AttentionDecoder(layers.Layer):
         outputs, weights = (ops.transpose(x, (1, 0, 2)) for x in emitted[-2:])
         return [outputs, weights, *final[:-2]]
 
-    def compute_output_spec(self, inputs, memory, keys, source_mask, initial_state, training=False):
+    def compute_output_spec(self, inputs, memory, keys, source_mask, initial_state, training=False, bfloat16=False):
         batch, steps = inputs.shape[0], inputs.shape[1]
         state = [keras.KerasTensor((batch, self.units), dtype=self.compute_dtype) for _ in initial_state]
         return [

@@ -70,7 +70,7 @@ def _bfloat16_switch(variable: str) -> bool:
     """An on|off|auto switch for a bfloat16 product (only JAX runs them). auto (unset):
     on where it was measured to pay: a CPU with bfloat16 matrix instructions, AMX (Intel
     Xeon, the (B, E) @ (E, V) product about 4x faster than float32) or AVX512-BF16 (AMD
-    Zen 5: greedy decoding 1.4x, training 1.1x; docs/performance.md)."""
+    Zen 5: greedy decoding 1.8x, training 1.1x; docs/performance.md)."""
     setting = os.environ.get(variable, "auto").strip().lower()
     if setting not in ("on", "off", "auto"):
         raise UserError(f"{variable} must be on, off or auto, not {setting!r}")
@@ -85,10 +85,11 @@ def _bfloat16_switch(variable: str) -> bool:
     return jax.default_backend() == "cpu" and bool(BFLOAT16_MATRIX_FLAGS & cpu_flags())
 
 
-def bfloat16_logits() -> bool:
-    """Whether decoders compute the tied output layer's logits from bfloat16 operands,
-    summed in float32. SEQ2SEQ_BF16_LOGITS=on|off|auto (_bfloat16_switch)."""
-    return _bfloat16_switch("SEQ2SEQ_BF16_LOGITS")
+def bfloat16_decoding() -> bool:
+    """Whether the decoding step's products (with tied embeddings: the projections, the
+    attention decoder's gates and the logits) take bfloat16 operands, summed in float32.
+    SEQ2SEQ_BF16_DECODING=on|off|auto (_bfloat16_switch)."""
+    return _bfloat16_switch("SEQ2SEQ_BF16_DECODING")
 
 
 def bfloat16_training_logits() -> bool:

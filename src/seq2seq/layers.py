@@ -109,6 +109,37 @@ class TokenProjection(layers.Layer):
         }
 
 
+def product(x, kernel, bfloat16: bool = False):
+    """x (..., K) @ kernel (K, N); from bfloat16 operands with float32 sums and result when
+    `bfloat16` (the decoding step, on JAX: backend.bfloat16_decoding)."""
+    if bfloat16:
+        return backend.matmul_bfloat16(x, ops.convert_to_tensor(kernel))
+    return ops.matmul(x, kernel)
+
+
+def dense(layer: layers.Dense, x, bfloat16: bool = False):
+    """layer(x); with `bfloat16`, its product from bfloat16 operands with float32 sums."""
+    if not bfloat16:
+        return layer(x)
+    y = product(x, layer.kernel, bfloat16=True)
+    return layer.activation(y + layer.bias if layer.use_bias else y)
+
+
+class Bfloat16Dense(layers.Layer):
+    """A trained Dense layer called through `dense(..., bfloat16=True)`: for the decoding
+    step's functional model (built at inference, never saved). (..., K) -> (..., units)."""
+
+    def __init__(self, layer: layers.Dense, **kwargs) -> None:
+        super().__init__(name=f"{layer.name}_bfloat16", **kwargs)
+        self.layer = layer
+
+    def call(self, x):
+        return dense(self.layer, x, bfloat16=True)
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor((*x.shape[:-1], self.layer.units), dtype="float32")
+
+
 @keras.saving.register_keras_serializable(package="seq2seq")
 class ProjectedLSTMCell(layers.Layer):
     """One LSTM step whose input was projected beforehand.
@@ -136,9 +167,9 @@ class ProjectedLSTMCell(layers.Layer):
 
         self.bias = self.add_weight(shape=(4 * units,), initializer=bias_initializer, name="bias")
 
-    def call(self, inputs, states, training=False):
+    def call(self, inputs, states, training=False, bfloat16=False):
         h, c = states
-        z = inputs + ops.matmul(h, self.recurrent_kernel) + self.bias
+        z = inputs + product(h, self.recurrent_kernel, bfloat16) + self.bias
         i, f, g, o = ops.split(z, 4, axis=-1)
         c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
         h = ops.sigmoid(o) * ops.tanh(c)
@@ -199,7 +230,7 @@ class TiedEmbedding(layers.Embedding):
 
     ids (B, T) -> vectors (B, T, E); with `reverse=True`, vectors (B, T, E) -> logits
     (B, T, V) = vectors @ embeddings^T, from bfloat16 operands with float32 sums when
-    `bfloat16` is also True (decoding, on JAX: backend.bfloat16_logits), or in training
+    `bfloat16` is also True (decoding, on JAX: backend.bfloat16_decoding), or in training
     with backend.bfloat16_training_logits (float32 gradients).
     """
 

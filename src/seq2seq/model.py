@@ -34,7 +34,7 @@ from . import backend, row_sparse
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
 from .files import DECODER_INPUT_IDS, SOURCE_IDS
-from .layers import ProjectedLSTM, TiedEmbedding, TokenProjection
+from .layers import Bfloat16Dense, ProjectedLSTM, TiedEmbedding, TokenProjection
 from .vocab import PAD_ID
 
 OUTPUT_PROJECTION = "output_projection"
@@ -62,18 +62,22 @@ def lstm_name(side: str, layer: int, backward: bool = False) -> str:
     return f"{side}_lstm" + (f"_{layer + 1}" if layer else "") + ("_backward" if backward else "")
 
 
-def token_projection(config: Config, found: LayerSource, side: str, vocab_size: int, units: int, ids):
+def token_projection(
+    config: Config, found: LayerSource, side: str, vocab_size: int, units: int, ids, bfloat16: bool = False
+):
     """Ids (B, T) -> x @ W (B, T, units) for the first LSTM of one side.
 
     onehot: W[ids], exactly one_hot(ids) @ W (the textbook's input, without one-hot arrays).
-    embedding: a learned embedding (B, T, E), dropout, then @ W (E, units).
+    embedding: a learned embedding (B, T, E), dropout, then @ W (E, units) (`bfloat16`:
+    from bfloat16 operands, float32 sums).
     """
     if config.input == "onehot":
         return found.get(f"{side}_projection", lambda n: TokenProjection(vocab_size, units, name=n))(ids)
     embedding_class = TiedEmbedding if (side == "target" and config.tie_embeddings) else layers.Embedding
     vectors = found.get(f"{side}_embedding", lambda n: embedding_class(vocab_size, config.embedding_dim, name=n))(ids)
     vectors = found.get(f"{side}_embedding_dropout", lambda n: layers.Dropout(config.dropout, name=n))(vectors)
-    return found.get(f"{side}_projection", lambda n: layers.Dense(units, use_bias=False, name=n))(vectors)
+    projection = found.get(f"{side}_projection", lambda n: layers.Dense(units, use_bias=False, name=n))
+    return (Bfloat16Dense(projection) if bfloat16 else projection)(vectors)
 
 
 def encode(config: Config, found: LayerSource, source_ids, vocab_size: int):
@@ -137,13 +141,15 @@ def decode(
     context: list,
     state: list,
     vocab_size: int,
-    bfloat16_logits: bool = False,
+    bfloat16: bool = False,
 ):
     """Decoder input ids (B, T) and state -> logits (B, T, V), attention (B, T, S) or None,
     final state. `context` is [memory, keys, source mask] with attention, else [].
-    `bfloat16_logits`: tied logits from bfloat16 operands (backend.bfloat16_logits)."""
+    `bfloat16` (the decoding step, tied embeddings): the projections, the attention
+    decoder's products and the logits from bfloat16 operands with float32 sums
+    (backend.bfloat16_decoding); the LSTM layers of a decoder without attention stay float32."""
     units = config.latent_dim
-    x = token_projection(config, found, "target", vocab_size, 4 * units, target_ids)
+    x = token_projection(config, found, "target", vocab_size, 4 * units, target_ids, bfloat16)
     if config.attention == "none":
         new_state = []
         for layer in range(config.layers):
@@ -170,12 +176,13 @@ def decode(
                 name=n,
             ),
         )
-        x, attention, *new_state = decoder(x, *context, state)
+        x, attention, *new_state = decoder(x, *context, state, bfloat16=bfloat16)
     x = found.get("output_dropout", lambda n: layers.Dropout(config.dropout, name=n))(x)
     if config.tie_embeddings:
         if units != config.embedding_dim:
-            x = found.get("output_bridge", lambda n: layers.Dense(config.embedding_dim, name=n))(x)
-        logits = found.get("target_embedding")(x, reverse=True, bfloat16=bfloat16_logits)
+            bridge = found.get("output_bridge", lambda n: layers.Dense(config.embedding_dim, name=n))
+            x = (Bfloat16Dense(bridge) if bfloat16 else bridge)(x)
+        logits = found.get("target_embedding")(x, reverse=True, bfloat16=bfloat16)
     else:
         logits = found.get(OUTPUT_PROJECTION, lambda n: layers.Dense(vocab_size, name=n))(x)
     return logits, attention, new_state
@@ -223,13 +230,13 @@ class InferenceParts:
     `context` is what stays fixed while decoding a sentence ([memory, keys, source mask]
     with attention, nothing without); `state` changes every step ([h, c] per layer, and
     h~ with Luong attention). Without attention the step's attention output is empty
-    (B, 0). `bfloat16_logits`: whether the step's tied logits come from bfloat16 operands.
+    (B, 0). `bfloat16_products`: whether the step's products take bfloat16 operands (decode).
     """
 
     encoder: keras.Model
     step: keras.Model
     num_context: int
-    bfloat16_logits: bool = False
+    bfloat16_products: bool = False
 
     def split(self, encoded: list) -> tuple[list, list]:
         return list(encoded[: self.num_context]), list(encoded[self.num_context :])
@@ -248,10 +255,10 @@ def inference_parts(model: keras.Model, config: Config) -> InferenceParts:
     previous = keras.Input(shape=(1,), dtype="int32", name="previous_ids")
     context_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"context_{i}") for i, t in enumerate(context)]
     state_in = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"state_{i}") for i, t in enumerate(state)]
-    bfloat16_logits = backend.bfloat16_logits() and config.tie_embeddings  # the setting checked either way
+    bfloat16 = backend.bfloat16_decoding() and config.tie_embeddings  # the setting checked either way
     logits, attention, new_state = decode(
-        config, found, previous, context_in, state_in, vocab_size=0, bfloat16_logits=bfloat16_logits
+        config, found, previous, context_in, state_in, vocab_size=0, bfloat16=bfloat16
     )
     attention = ops.zeros_like(logits[:, 0, :0]) if attention is None else attention[:, 0, :]
     step = keras.Model([previous, *context_in, *state_in], [logits[:, 0, :], attention, *new_state], name="step")
-    return InferenceParts(encoder, step, num_context=len(context), bfloat16_logits=bfloat16_logits)
+    return InferenceParts(encoder, step, num_context=len(context), bfloat16_products=bfloat16)

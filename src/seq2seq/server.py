@@ -953,7 +953,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings | None = None, sy
             "languages": {"source": settings.source_lang, "target": settings.target_lang},
             "backend": keras.backend.backend(),
             "device": _device(),
-            "logits": "bfloat16" if system.parts.bfloat16_logits else "float32",
+            "products": "bfloat16" if system.parts.bfloat16_products else "float32",
             "ready": state["ready"],
             "warmup_s": state["warmup_s"],
             "auth": settings.api_key is not None,

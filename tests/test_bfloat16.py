@@ -1,6 +1,7 @@
-"""Decoding's bfloat16 logits (backend.bfloat16_logits): the tied output layer's product
-from bfloat16 operands with float32 sums, in the decoders only. Forced on here, so it
-runs on every CPU (emulated where the CPU has no bfloat16 instructions)."""
+"""bfloat16 products with float32 sums: the decoding step's (backend.bfloat16_decoding:
+projections, the attention decoder's gates, the tied logits), in the decoders only, and
+training's output product (backend.bfloat16_training_logits). Forced on here, so they
+run on every CPU (emulated where the CPU has no bfloat16 instructions)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from keras import ops
 from seq2seq import backend
 from seq2seq.config import Config
 from seq2seq.errors import UserError
-from seq2seq.layers import TiedEmbedding
+from seq2seq.layers import ProjectedLSTMCell, TiedEmbedding, dense
 from seq2seq.model import build_model, inference_parts
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="bfloat16 logits are a JAX path")
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="bfloat16 products are a JAX path")
 
 
 def _rounded(x: np.ndarray) -> np.ndarray:
@@ -24,7 +25,7 @@ def _rounded(x: np.ndarray) -> np.ndarray:
 
 
 SWITCHES = [
-    ("SEQ2SEQ_BF16_LOGITS", backend.bfloat16_logits),
+    ("SEQ2SEQ_BF16_DECODING", backend.bfloat16_decoding),
     ("SEQ2SEQ_BF16_TRAINING", backend.bfloat16_training_logits),
 ]
 
@@ -83,13 +84,40 @@ def test_logits_are_the_float32_sums_of_rounded_operands():
     assert np.abs(fast - exact).max() > 1e-3  # the operands were rounded: not the float32 product
 
 
+def test_the_step_products_are_the_float32_sums_of_rounded_operands():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 20)).astype("float32")
+    h, c = (rng.normal(size=(3, 6)).astype("float32") for _ in range(2))
+    layer = keras.layers.Dense(24, activation="tanh")
+    layer.build((None, 20))
+    cell = ProjectedLSTMCell(6)
+    cell.build((None, 24))
+
+    fast = ops.convert_to_numpy(dense(layer, x, bfloat16=True))
+    kernel, bias = (ops.convert_to_numpy(w) for w in (layer.kernel, layer.bias))
+    np.testing.assert_allclose(fast, np.tanh(_rounded(x) @ _rounded(kernel) + bias), rtol=1e-5, atol=1e-5)
+    assert np.abs(fast - ops.convert_to_numpy(layer(x))).max() > 1e-4
+    np.testing.assert_array_equal(ops.convert_to_numpy(dense(layer, x)), ops.convert_to_numpy(layer(x)))
+
+    projected = rng.normal(size=(3, 24)).astype("float32")
+    fast_h, (_, fast_c) = cell(projected, [h, c], bfloat16=True)
+    recurrent, cell_bias = (ops.convert_to_numpy(w) for w in (cell.recurrent_kernel, cell.bias))
+    i, f, g, o = np.split(projected + _rounded(h) @ _rounded(recurrent) + cell_bias, 4, axis=-1)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    reference_c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    np.testing.assert_allclose(ops.convert_to_numpy(fast_c), reference_c, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(fast_h), sigmoid(o) * np.tanh(reference_c), atol=1e-5)
+    exact_h, _ = cell(projected, [h, c])
+    assert np.abs(ops.convert_to_numpy(fast_h) - ops.convert_to_numpy(exact_h)).max() > 1e-5
+
+
 def test_only_the_decoding_step_uses_them(monkeypatch):
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "on")
+    monkeypatch.setenv("SEQ2SEQ_BF16_DECODING", "on")
     keras.utils.set_random_seed(0)
     config = Config(latent_dim=16, embedding_dim=8, vocab_size=40)
     model = build_model(config, 40, 40)
     parts = inference_parts(model, config)
-    assert parts.bfloat16_logits
+    assert parts.bfloat16_products
     embedding = model.get_layer("target_embedding")
     assert embedding.name == "target_embedding" and isinstance(embedding, TiedEmbedding)
 
@@ -102,17 +130,23 @@ def test_only_the_decoding_step_uses_them(monkeypatch):
     # the same network, the step's logits from rounded operands
     np.testing.assert_allclose(step_logits, training_logits, rtol=0.05, atol=0.05)
     assert not np.array_equal(step_logits, training_logits)
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "off")
+    monkeypatch.setenv("SEQ2SEQ_BF16_DECODING", "off")
     exact_step = inference_parts(model, config)
-    assert not exact_step.bfloat16_logits
-    exact_logits = ops.convert_to_numpy(exact_step.step([previous, *context, *state])[0])[0]
-    np.testing.assert_allclose(exact_logits, training_logits, rtol=1e-5, atol=1e-5)
+    assert not exact_step.bfloat16_products
+    exact_logits, _, *exact_state = exact_step.step([previous, *context, *state])
+    np.testing.assert_allclose(ops.convert_to_numpy(exact_logits)[0], training_logits, rtol=1e-5, atol=1e-5)
+    # the state too (the gates and the attention output): it does not pass through the logits
+    _, _, *fast_state = parts.step([previous, *context, *state])
+    for fast, exact in zip(fast_state, exact_state, strict=True):
+        fast, exact = ops.convert_to_numpy(fast), ops.convert_to_numpy(exact)
+        np.testing.assert_allclose(fast, exact, atol=0.05)
+        assert not np.array_equal(fast, exact)
 
 
 def test_an_untied_output_layer_keeps_float32(monkeypatch):
-    monkeypatch.setenv("SEQ2SEQ_BF16_LOGITS", "on")
+    monkeypatch.setenv("SEQ2SEQ_BF16_DECODING", "on")
     config = Config(latent_dim=16, embedding_dim=8, vocab_size=40, tie_embeddings=False)
-    assert not inference_parts(build_model(config, 40, 40), config).bfloat16_logits
+    assert not inference_parts(build_model(config, 40, 40), config).bfloat16_products
 
 
 def test_the_training_product_has_float32_gradients():
