@@ -195,8 +195,9 @@ def top_k_rows(values, k: int):
     XLA's CPU runs top_k as a partial sort of each row, about 1 ns a value (R=320, N=8,001,
     k=5: 3.0 ms on an AMD Zen 5). Here each row's columns are cut into chunks of TOP_K_CHUNK;
     the k largest values lie in the k chunks with the largest maxima, so top_k runs over
-    the chunks' maxima and then over those k chunks' values (0.6 ms). The chosen chunks are
-    sorted by position, so ties resolve as top_k's do."""
+    the chunks' maxima, then k rounds of max over those k chunks' values (beam 5 decoding
+    1.6x faster; docs/performance.md). The chosen chunks are sorted by position, so ties
+    resolve as top_k's do."""
     width = values.shape[-1]
     chunk = TOP_K_CHUNK
     full = width // chunk * chunk
