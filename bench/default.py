@@ -411,8 +411,8 @@ def measure_decode(args) -> None:
         ids, outputs = text_to_text()
         passes.append(time.perf_counter() - started)
     seconds = statistics.median(passes)
-    logits = "-bf16" if extra.get("bf16_products") or extra.get("bf16_logits") else ""
-    written = trained / f"outputs-{args.impl}-beam{args.beam}{logits}.txt"
+    precision = "-bf16" if extra.get("bf16_products") else ""
+    written = trained / f"outputs-{args.impl}-beam{args.beam}{precision}.txt"
     written.write_text("".join(f"{o}\n" for o in outputs), encoding="utf-8")
     report(
         measurement="decode",
