@@ -819,10 +819,16 @@ def results_file(cpu: str) -> Path:
     return RESULTS / ("-".join("".join(c if c.isalnum() else " " for c in name).split()) + ".json")
 
 
+QUALITY_KEYS = frozenset({"quality_seq2seq", "quality_torch", "bleu_target", "quality_run"})
+
+
 def keep(results: dict, path: Path) -> None:
-    """Write `results` into `path` over the same keys, keeping the other command's
-    (`run` and `quality` fill one file), atomically."""
+    """Write `results` into `path` in place of the same command's earlier results, keeping
+    the other command's (`run` and `quality` fill one file), atomically. A key the earlier
+    run wrote and this one did not (a row since renamed or not measured) goes."""
     kept = json.loads(path.read_text()) if path.is_file() else {}
+    quality = bool(QUALITY_KEYS & results.keys())
+    kept = {key: value for key, value in kept.items() if (key in QUALITY_KEYS) != quality}
     kept.update(results)
     kept["machine"] = cpu_name()
     kept.pop("table", None)  # bench/report.py makes it from the measurements

@@ -115,3 +115,21 @@ def test_the_table_shows_a_float32_row_where_bfloat16_was_the_default(monkeypatc
 )
 def test_an_amd_cpu_is_named_with_its_zen_generation(family, model, core):
     assert bench_module("run_info").amd_core(family, model) == core
+
+
+def test_a_new_run_replaces_the_old_runs_rows_and_keeps_the_quality(monkeypatch, tmp_path):
+    """A row the earlier run wrote and this one did not (renamed since) does not stay in
+    the file beside the new run's rows; the other command's results do."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    default = bench_module("default")
+    path = tmp_path / "cpu.json"
+    old_run = {"run": "old", "decode_beam1_seq2seq_float32_logits": {"sentences_per_s": 1.0}}
+    quality = {"quality_seq2seq": [[1, 2.0, 3.0]], "quality_torch": [], "bleu_target": 30.0, "quality_run": "q"}
+    default.keep(old_run, path)
+    default.keep(quality, path)
+    default.keep({"run": "new", "decode_beam1_seq2seq_float32": {"sentences_per_s": 2.0}}, path)
+    kept = json.loads(path.read_text())
+    assert kept["run"] == "new" and "decode_beam1_seq2seq_float32_logits" not in kept
+    assert {key: kept[key] for key in quality} == quality
+    default.keep({**quality, "quality_run": "q2"}, path)
+    assert json.loads(path.read_text())["decode_beam1_seq2seq_float32"] == {"sentences_per_s": 2.0}
