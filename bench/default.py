@@ -556,13 +556,14 @@ class Sizes:
 
     train_batches: int
     train_passes: int
+    rounds: int  # training and decoding: measurements of each side, in turns (ours, the peer's, ...)
     model_batches: int
     sentences: int
     decode_passes: int
 
 
-FULL = Sizes(train_batches=100, train_passes=1, model_batches=600, sentences=HELD_OUT, decode_passes=3)
-QUICK = Sizes(train_batches=10, train_passes=1, model_batches=60, sentences=100, decode_passes=1)
+FULL = Sizes(train_batches=100, train_passes=1, rounds=3, model_batches=600, sentences=HELD_OUT, decode_passes=3)
+QUICK = Sizes(train_batches=10, train_passes=1, rounds=1, model_batches=60, sentences=100, decode_passes=1)
 
 
 def measure(
@@ -593,6 +594,28 @@ def measure(
     return result
 
 
+def interleaved(results: dict, name: str, rounds: int, key: str, sides: dict[str, list[str]], jax_cache: bool) -> None:
+    """Measure `name` (train, decode_beam1, ...) for each side `rounds` times, in turns,
+    with each side's arguments; the run with the median `key` stands for the side, and
+    every run's `key` is kept in NAME_SIDE_rounds. The machine's speed drifts by tens of
+    percent over minutes (the peer's training pairs/s spread 283-369 between runs on one
+    machine), so one measurement of each side, minutes apart, gave ratios that swung."""
+    measurement = name.split("_")[0]
+    runs: dict[str, list[dict]] = {impl: [] for impl in sides}
+    for _ in range(rounds):
+        for impl, arguments in sides.items():
+            runs[impl].append(measure(measurement, *arguments, impl=impl, jax_cache=jax_cache))
+    for impl, done in runs.items():
+        results[f"{name}_{impl}"] = median_run(done, key)
+        results[f"{name}_{impl}_rounds"] = [run[key] for run in done]
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run whose `key` is the median (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda run: run[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def agreement(a: dict, b: dict) -> float:
     """Share of inputs whose outputs are the same text in two decode measurements."""
     first, second = (Path(r["outputs"]).read_text(encoding="utf-8").splitlines() for r in (a, b))
@@ -611,8 +634,8 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
     peer = ["--compile"] if compile_peer else []
     results: dict = {"sizes": vars(sizes), "quick": quick}
     train = [*where, "--batches", str(sizes.train_batches), "--passes", str(sizes.train_passes)]
-    results["train_seq2seq"] = measure("train", *train, jax_cache=jax_cache)
-    results["train_torch"] = measure("train", *train, *peer, impl="torch")
+    sides = {"seq2seq": train, "torch": [*train, *peer]}
+    interleaved(results, "train", sizes.rounds, "pairs_per_s", sides, jax_cache)
     # the launcher's lever (launch.py), measured on the model users train
     results["train_seq2seq_small_pages"] = measure("train", *train, jax_cache=jax_cache, huge_pages=False)
     # training's bfloat16 output product (backend.bfloat16_training_logits), where the default turns it on
@@ -624,11 +647,9 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
     decode = [*where, "--model-batches", str(sizes.model_batches), "--sentences", str(sizes.sentences)]
     decode += ["--passes", str(sizes.decode_passes)]
     for beam in (1, 5):
-        for impl in ("seq2seq", "torch"):
-            results[f"decode_beam{beam}_{impl}"] = measure(
-                "decode", *decode, "--beam", str(beam), *(peer if impl == "torch" else []), impl=impl,
-                jax_cache=jax_cache,
-            )  # fmt: skip
+        arguments = [*decode, "--beam", str(beam)]
+        sides = {"seq2seq": arguments, "torch": [*arguments, *peer]}
+        interleaved(results, f"decode_beam{beam}", sizes.rounds, "sentences_per_s", sides, jax_cache)
         results[f"decode_beam{beam}_agreement"] = agreement(
             results[f"decode_beam{beam}_seq2seq"], results[f"decode_beam{beam}_torch"]
         )
@@ -643,6 +664,14 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
     return results
 
 
+def spread(r: dict, name: str) -> str:
+    """ "; median of N interleaved runs: ours a, b, c; peer d, e, f", or "" for one run each."""
+    if len(r.get(f"{name}_seq2seq_rounds", [])) < 2:
+        return ""
+    ours, peer = (", ".join(f"{x:,}" for x in r[f"{name}_{impl}_rounds"]) for impl in ("seq2seq", "torch"))
+    return f"; median of {len(r[f'{name}_seq2seq_rounds'])} interleaved runs: ours {ours}; peer {peer}"
+
+
 def table(r: dict) -> str:
     """Markdown rows: measurement, seq2seq, PyTorch, ours / torch."""
     peer = "PyTorch, torch.compile'd step" if r["train_torch"].get("torch_compile") else "PyTorch"
@@ -653,7 +682,7 @@ def table(r: dict) -> str:
 
     ts, tt = r["train_seq2seq"], r["train_torch"]
     batches = f"{ts['batches']} batches of 64, {ts['padding_share']:.0%} padding"
-    compare(f"training, pairs/s ({batches})", ts, tt, "pairs_per_s")
+    compare(f"training, pairs/s ({batches}){spread(r, 'train')}", ts, tt, "pairs_per_s")
     compare("training, real target tokens/s", ts, tt, "real_target_tokens_per_s")
     compare("training, first pass, compiling included (s; lower is better)", ts, tt, "first_pass_seconds")
     rows.append(f"| training, mean loss of the timed pass | {ts['last_pass_loss']} | {tt['last_pass_loss']} | |")
@@ -672,6 +701,7 @@ def table(r: dict) -> str:
     for beam, name in ((1, "greedy"), (5, "beam-5")):
         ours, theirs = r[f"decode_beam{beam}_seq2seq"], r[f"decode_beam{beam}_torch"]
         label = f"{name} decoding, sentences/s ({ours['sentences']} held-out, batch {ours['batch_size']})"
+        label += spread(r, f"decode_beam{beam}")
         compare(label, ours, theirs, "sentences_per_s")
         compare(
             f"{name} decoding, first pass, compiling included (s; lower is better)", ours, theirs, "first_pass_seconds"

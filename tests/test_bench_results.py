@@ -133,3 +133,30 @@ def test_a_new_run_replaces_the_old_runs_rows_and_keeps_the_quality(monkeypatch,
     assert {key: kept[key] for key in quality} == quality
     default.keep({**quality, "quality_run": "q2"}, path)
     assert json.loads(path.read_text())["decode_beam1_seq2seq_float32"] == {"sentences_per_s": 2.0}
+
+
+def test_interleaved_runs_stand_for_each_side_by_their_median(monkeypatch):
+    """Each side is measured in turns (ours, the peer's, ours, ...); the median run stands
+    for the side, and the table names every run."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    default = bench_module("default")
+    order: list[str] = []
+    speeds = {"seq2seq": iter([700.0, 600.0, 650.0]), "torch": iter([300.0, 380.0, 290.0])}
+
+    def fake_measure(measurement, *arguments, impl, jax_cache):
+        order.append(impl)
+        return {"measurement": measurement, "pairs_per_s": next(speeds[impl]), "arguments": list(arguments)}
+
+    monkeypatch.setattr(default, "measure", fake_measure)
+    results = measurements(1.0, 1.0)
+    default.interleaved(results, "train", 3, "pairs_per_s", {"seq2seq": ["a"], "torch": ["a", "b"]}, False)
+    assert order == ["seq2seq", "torch"] * 3
+    assert results["train_seq2seq"]["pairs_per_s"] == 650.0 and results["train_torch"]["pairs_per_s"] == 300.0
+    assert results["train_torch"]["arguments"] == ["a", "b"]
+    assert results["train_seq2seq_rounds"] == [700.0, 600.0, 650.0]
+    results["train_seq2seq"] |= {k: v for k, v in measurements(1.0, 1.0)["train_seq2seq"].items() if k != "pairs_per_s"}
+    results["train_torch"] |= {k: v for k, v in measurements(1.0, 1.0)["train_torch"].items() if k != "pairs_per_s"}
+    row = next(line for line in default.table(results).splitlines() if line.startswith("| training, pairs/s"))
+    assert "median of 3 interleaved runs: ours 700.0, 600.0, 650.0; peer 300.0, 380.0, 290.0" in row
+    assert row.endswith("| 650.0 | 300.0 | 2.17× |")
+    assert default.median_run([{"x": 2}, {"x": 1}], "x") == {"x": 1}  # an even count: the lower middle
