@@ -12,8 +12,8 @@
 Every measurement but `run` and `quality` runs in its own process and prints one JSON
 line (peak memory is the process's own); `run` and `quality` start them in subprocesses
 and print a Markdown table of ratios, ours / torch (`run` measures training and decoding
-three times per side, in turns, and keeps each side's median run). Both sides read the same data: the
-pairs split by source sentence (`split_by_source`, the `Config()` fractions), the same
+three times per side, in turns, and keeps each side's median run). Both sides read the
+same data: the pairs split by source sentence (`split_by_source`, the `Config()` fractions), the same
 SentencePiece codecs (`training.fit_codecs`, fitted once by `prepare`), and the same
 batches: `prepare` writes the order of PairBatches' batches, and the peer pads the
 very same id arrays from it (`prepare` checks they are equal). Decoding measures one
