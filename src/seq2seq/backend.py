@@ -153,11 +153,9 @@ def use_all_devices():
 
 def enable_compilation_cache() -> None:
     """Keep JAX's compiled programs on disk, so a second run with the same shapes starts
-    in seconds instead of compiling each (several seconds per batch shape). Every program
-    is kept, however quick to compile: a model's initialisers and a decoder's small
-    programs take well under a second each, but seconds together at every start
-    (docs/performance.md). The cache is ~/.cache/seq2seq/jax (at most 1 GB, least recently
-    used dropped), or the directory in SEQ2SEQ_JAX_CACHE; SEQ2SEQ_JAX_CACHE=off turns it off."""
+    in seconds instead of compiling each (several seconds per batch shape). The cache is
+    ~/.cache/seq2seq/jax (at most 1 GB, least recently used dropped), or the directory in
+    SEQ2SEQ_JAX_CACHE; SEQ2SEQ_JAX_CACHE=off turns it off."""
     if name() != "jax":
         return
     import jax
@@ -167,7 +165,7 @@ def enable_compilation_cache() -> None:
         return
     directory = Path(setting) if setting else Path.home() / ".cache" / "seq2seq" / "jax"
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_compilation_cache_max_size", 2**30)
 
 
