@@ -13,9 +13,9 @@ Every measurement but `run` and `quality` runs in its own process and prints one
 line (peak memory is the process's own); `run` and `quality` start them in subprocesses
 and print a Markdown table of ratios, ours / torch (`run` measures training and decoding
 three times per side, in turns, and keeps each side's median run). Both sides read the
-same data: the pairs split by source sentence (`split_by_source`, the `Config()` fractions), the same
-SentencePiece codecs (`training.fit_codecs`, fitted once by `prepare`), and the same
-batches: `prepare` writes the order of PairBatches' batches, and the peer pads the
+same data: the pairs split by source sentence (`split_by_source`, the `Config()`
+fractions), the same SentencePiece codecs (`training.fit_codecs`, fitted once by
+`prepare`), and the same batches: `prepare` writes the order of PairBatches' batches, and the peer pads the
 very same id arrays from it (`prepare` checks they are equal). Decoding measures one
 model on both sides: ours, trained for a few hundred batches (so outputs end), its
 weights copied into the peer, so the outputs should agree (`run` reports the share that
@@ -599,8 +599,8 @@ def interleaved(results: dict, name: str, rounds: int, key: str, sides: dict[str
     """Measure `name` (train, decode_beam1, ...) for each side `rounds` times, in turns,
     with each side's arguments; the run with the median `key` stands for the side, and
     every run's `key` is kept in NAME_SIDE_rounds. The machine's speed drifts by tens of
-    percent over minutes (the peer's training pairs/s spread 283-369 between runs on one
-    machine), so one measurement of each side, minutes apart, gave ratios that swung."""
+    percent over minutes, so one measurement of each side, minutes apart, gave ratios that
+    swung (docs/performance.md)."""
     measurement = name.split("_")[0]
     runs: dict[str, list[dict]] = {impl: [] for impl in sides}
     for _ in range(rounds):
@@ -667,10 +667,11 @@ def default_rows(quick: bool, work: str | None = None, compile_peer: bool = Fals
 
 def spread(r: dict, name: str) -> str:
     """ "; median of N interleaved runs: ours a, b, c; peer d, e, f", or "" for one run each."""
-    if len(r.get(f"{name}_seq2seq_rounds", [])) < 2:
+    rounds = len(r.get(f"{name}_seq2seq_rounds", []))
+    if rounds < 2:
         return ""
     ours, peer = (", ".join(f"{x:,}" for x in r[f"{name}_{impl}_rounds"]) for impl in ("seq2seq", "torch"))
-    return f"; median of {len(r[f'{name}_seq2seq_rounds'])} interleaved runs: ours {ours}; peer {peer}"
+    return f"; median of {rounds} interleaved runs: ours {ours}; peer {peer}"
 
 
 def table(r: dict) -> str:
