@@ -183,7 +183,7 @@ class Seq2Seq:
             if not (model_dir / name).is_file():
                 raise ModelDirError(f"{model_dir}: no {name}; is this a directory made by `seq2seq train`?")
         config = modeldir.check(model_dir)  # refuses damaged, newer or unsafe files before Keras reads any
-        model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
+        model = backend.load_model(model_dir / MODEL_FILE)
         source, target = Codec.load(model_dir / SOURCE_VOCAB_FILE), Codec.load(model_dir / TARGET_VOCAB_FILE)
         modeldir.check_sizes(model_dir, model, len(source), len(target))
         return cls(

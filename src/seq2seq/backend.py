@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from .errors import UserError
 
@@ -167,6 +168,31 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_compilation_cache_max_size", 2**30)
+
+
+def load_model(path: Path, compile: bool = False) -> keras.Model:
+    """The Keras model saved at `path`, read with `safe_mode` (no code runs on load).
+
+    Every weight is read from the file, so the weights' initializers are not run: on JAX
+    each one (a random draw, a QR decomposition) compiles its own program per weight shape,
+    seconds of start-up for values that are thrown away. Weights made by Keras's
+    initializer classes start as zeros instead; anything else (a dropout layer's seed
+    state) is made as usual."""
+    from keras.src.backend.common.variables import Variable
+
+    make = Variable._initialize_with_initializer
+
+    def zeros_until_loaded(variable, initializer) -> None:
+        if not isinstance(initializer, keras.initializers.Initializer):
+            return make(variable, initializer)
+        zeros = np.zeros(variable.shape, dtype=variable.dtype)
+        variable._initialize(variable._convert_to_tensor(zeros))
+
+    Variable._initialize_with_initializer = zeros_until_loaded
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    finally:
+        Variable._initialize_with_initializer = make
 
 
 def release_freed_memory() -> None:

@@ -188,7 +188,7 @@ def resume(
     config.save(model_dir / CONFIG_FILE)
     scope, devices = devices_for(config)
     with scope:
-        system.model = keras.saving.load_model(checkpoint / MODEL_FILE, compile=True, safe_mode=True)
+        system.model = backend.load_model(checkpoint / MODEL_FILE, compile=True)
     modeldir.check_sizes(
         model_dir, system.model, len(system.source), len(system.target), f"{CHECKPOINT_DIR}/{MODEL_FILE}"
     )
@@ -266,7 +266,7 @@ def _fit(
         _log(f"\ninterrupted: continue with `seq2seq train --resume --model-dir {model_dir}`")
         raise
     # the best epoch, as saved by the checkpoint, is the model
-    best = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
+    best = backend.load_model(model_dir / MODEL_FILE)
     model.set_weights(best.get_weights())
     return system
 
