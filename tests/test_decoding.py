@@ -176,6 +176,25 @@ def test_compiled_decoders_follow_weight_changes():
     assert not np.array_equal(before[0], after[0]) and not np.allclose(before[1], after[1])
 
 
+@pytest.mark.parametrize("decoder_class", [GreedyDecoder, BeamSearchDecoder, SamplingDecoder])
+def test_decoders_run_only_compiled(monkeypatch, decoder_class):
+    """A decoder's first call compiles it: `call` sees only traced values on JAX
+    (regression: Keras ran `call` op by op once to build the decoder, each op compiling
+    its own program, seconds at every start of `seq2seq translate`)."""
+    import jax
+
+    _, parts = _model("luong", seed=4)
+    seen = []
+    original = decoder_class.call
+    monkeypatch.setattr(decoder_class, "call", lambda self, inputs: seen.append(inputs) or original(self, inputs))
+    decoder = decoder_class(parts, MAX_LENGTH, **({"beam_size": 3} if decoder_class is BeamSearchDecoder else {}))
+    source = _sources()
+    sampled = decoder_class is SamplingDecoder
+    inputs = [source, np.array([1, 0], "int32"), sampling_settings()] if sampled else source
+    decoder.predict_on_batch(inputs)
+    assert seen and all(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(seen))
+
+
 def test_best_ids_is_argmax_with_first_of_ties():
     """Greedy decoding's choice equals np.argmax, whose first index wins a tie."""
     rng = np.random.default_rng(0)

@@ -60,6 +60,9 @@ class _Decoder(keras.Model):
         self.step_model = parts.step
         self.num_context = parts.num_context
         self.max_length = max_length
+        # Its layers are built and it has no weights of its own: built, Keras does not run
+        # `call` op by op once before compiling it (each op its own program: seconds).
+        self.built = True
 
     def encode(self, source_ids) -> tuple[list, list]:
         encoded = self.encoder(source_ids)
