@@ -97,6 +97,28 @@ def test_saved_model_loads_safely_and_identically(settings, tmp_path):
     )
 
 
+def test_weights_initialized_together_are_the_same_draws():
+    """backend.initialized_together draws every weight in one compiled program: the same
+    values as Keras drawing them one by one, for each kind of initializer a model uses."""
+
+    def small_model() -> keras.Model:
+        inputs = keras.Input((None,), dtype="int32")
+        embedded = keras.layers.Embedding(SOURCE_VOCAB, 8)(inputs)  # uniform
+        hidden = keras.layers.LSTM(16)(embedded)  # glorot uniform, orthogonal, zeros and ones
+        outputs = keras.layers.Dense(4, kernel_initializer="he_normal", bias_initializer="ones")(hidden)
+        return keras.Model(inputs, keras.layers.Dropout(0.1)(outputs))  # and a seed state
+
+    keras.utils.set_random_seed(3)
+    with backend.initialized_together():
+        together = small_model()
+    keras.utils.set_random_seed(3)
+    one_by_one = small_model()
+    assert len(together.variables) == len(one_by_one.variables) == 8
+    for ours, theirs in zip(together.variables, one_by_one.variables, strict=True):
+        np.testing.assert_allclose(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs), rtol=1e-6, atol=1e-7)
+        assert np.any(ops.convert_to_numpy(ours) != 0) or "bias" in ours.path
+
+
 def test_textbook_model_has_the_textbook_layers():
     model = build_model(_config(), SOURCE_VOCAB, TARGET_VOCAB)
     names = [layer.name for layer in model.layers]

@@ -170,6 +170,29 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_max_size", 2**30)
 
 
+@contextmanager
+def _initializers_deferred(defer) -> Iterator[list]:
+    """Inside this block, a new variable whose initializer `defer(initializer)` accepts
+    starts as zeros made on the host (no program compiled) and is listed, with its
+    initializer, in the list the block yields."""
+    from keras.src.backend.common.variables import Variable
+
+    make = Variable._initialize_with_initializer
+    deferred: list = []
+
+    def zeros_for_now(variable, initializer) -> None:
+        if not defer(initializer):
+            return make(variable, initializer)
+        variable._initialize(variable._convert_to_tensor(np.zeros(variable.shape, dtype=variable.dtype)))
+        deferred.append((variable, initializer))
+
+    Variable._initialize_with_initializer = zeros_for_now
+    try:
+        yield deferred
+    finally:
+        Variable._initialize_with_initializer = make
+
+
 def load_model(path: Path, compile: bool = False) -> keras.Model:
     """The Keras model saved at `path`, read with `safe_mode` (no code runs on load).
 
@@ -178,21 +201,27 @@ def load_model(path: Path, compile: bool = False) -> keras.Model:
     seconds of start-up for values that are thrown away. Weights made by Keras's
     initializer classes start as zeros instead; anything else (a dropout layer's seed
     state) is made as usual."""
-    from keras.src.backend.common.variables import Variable
-
-    make = Variable._initialize_with_initializer
-
-    def zeros_until_loaded(variable, initializer) -> None:
-        if not isinstance(initializer, keras.initializers.Initializer):
-            return make(variable, initializer)
-        zeros = np.zeros(variable.shape, dtype=variable.dtype)
-        variable._initialize(variable._convert_to_tensor(zeros))
-
-    Variable._initialize_with_initializer = zeros_until_loaded
-    try:
+    with _initializers_deferred(lambda initializer: isinstance(initializer, keras.initializers.Initializer)):
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
-    finally:
-        Variable._initialize_with_initializer = make
+
+
+@contextmanager
+def initialized_together() -> Iterator[None]:
+    """Variables made inside this block are initialized when it ends, all in one compiled
+    program (JAX; elsewhere as usual). Run one by one, each initializer compiles its own
+    program per weight shape: seconds at every model build. Each initializer keeps its own
+    seed, so the values are the same draws."""
+    if name() != "jax":
+        yield
+        return
+    import jax
+
+    with _initializers_deferred(callable) as deferred:
+        yield
+    if deferred:
+        draw = jax.jit(lambda: [initializer(v.shape, dtype=v.dtype) for v, initializer in deferred])
+        for (variable, _), value in zip(deferred, draw(), strict=True):
+            variable.assign(value)
 
 
 def release_freed_memory() -> None:

@@ -210,6 +210,11 @@ class Seq2SeqModel(keras.Model):
 
 def build_model(config: Config, source_vocab_size: int, target_vocab_size: int) -> keras.Model:
     """The training model: [source ids (B, S), decoder input ids (B, T)] -> logits (B, T, V)."""
+    with backend.initialized_together():
+        return _build_model(config, source_vocab_size, target_vocab_size)
+
+
+def _build_model(config: Config, source_vocab_size: int, target_vocab_size: int) -> keras.Model:
     found = LayerSource()
     source_ids = keras.Input(shape=(None,), dtype="int32", name=SOURCE_IDS)
     memory, encoder_states, source_mask = encode(config, found, source_ids, source_vocab_size)
