@@ -21,9 +21,9 @@ best model (model.keras), the last checkpoint's weights and optimizer state
 
 Prints one line per trial and a summary (trials, kills, resumes, restarts, kills that
 came in mid-write, leaving a temporary file beside the file being written, all equal?),
-writes it as JSON to --out, and exits 1 if any trial failed. The settings are
-tests/test_resume.py's on builtin:numbers-en-es: about 15-25 s per uninterrupted run on
-2 CPU cores once JAX's compilation cache is warm (most of it start-up).
+writes it as JSON to --out, and exits 1 if any trial failed. The settings (SETTINGS) run
+about 15-25 s per uninterrupted run on 2 CPU cores once JAX's compilation cache is warm
+(most of it start-up).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "kill_soak.json"
 
-# tests/test_resume.py's settings (embedding, Luong attention, dropout, the plateau rule,
-# dev BLEU), on the default corpus, at character level (--textbook)
+# A small model with what a resume must restore: embedding, Luong attention, dropout, the
+# plateau rule and dev BLEU, on the default corpus, at character level (--textbook)
 SETTINGS = [
     *("--textbook", "--data", "builtin:numbers-en-es", "--num-samples", "400", "--epochs", "4"),
     *("--latent-dim", "16", "--batch-size", "32", "--input", "embedding", "--embedding-dim", "8"),
