@@ -1,5 +1,5 @@
 """Which Keras backend runs (JAX or TensorFlow), and the one place that reaches into
-Keras's private API (its optimizer's and trainer's internals)."""
+Keras's private API (its optimizer's, trainer's and variables' internals)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,8 @@ def enable_compilation_cache() -> None:
 def _initializers_deferred(defer) -> Iterator[list]:
     """Inside this block, a new variable whose initializer `defer(initializer)` accepts
     starts as zeros made on the host (no program compiled) and is listed, with its
-    initializer, in the list the block yields."""
+    initializer, in the list the block yields. It patches Keras's Variable class for the
+    block: no other thread may make variables meanwhile."""
     from keras.src.backend.common.variables import Variable
 
     make = Variable._initialize_with_initializer
