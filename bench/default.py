@@ -15,11 +15,12 @@ and print a Markdown table of ratios, ours / torch (`run` measures training and 
 three times per side, in turns, and keeps each side's median run). Both sides read the
 same data: the pairs split by source sentence (`split_by_source`, the `Config()`
 fractions), the same SentencePiece codecs (`training.fit_codecs`, fitted once by
-`prepare`), and the same batches: `prepare` writes the order of PairBatches' batches, and the peer pads the
-very same id arrays from it (`prepare` checks they are equal). Decoding measures one
-model on both sides: ours, trained for a few hundred batches (so outputs end), its
-weights copied into the peer, so the outputs should agree (`run` reports the share that
-does). The peer's process never imports Keras or JAX, nor ours torch.
+`prepare`), and the same batches: `prepare` writes the order of PairBatches' batches,
+and the peer pads the very same id arrays from it (`prepare` checks they are equal).
+Decoding measures one model on both sides: ours, trained for a few hundred batches (so
+outputs end), its weights copied into the peer, so the outputs should agree (`run`
+reports the share that does). The peer's process never imports Keras or JAX, nor ours
+torch.
 """
 
 from __future__ import annotations
