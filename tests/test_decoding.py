@@ -60,14 +60,21 @@ def _until_end(row) -> list[int]:
     return out
 
 
-def _rescore(model, source_row, hypothesis: list[int], alpha: float) -> float:
-    """The model's own score of a hypothesis: sum of log p(token | previous true tokens)
-    over its tokens (<end> included), divided by the length penalty."""
-    decoder_input = np.array([[START_ID, *hypothesis[:-1]]], dtype="int32")
-    logits = output_logits(model([source_row[None, :], decoder_input])[0])
+def _rescore(model, sources, hypotheses: list[list[int]], alpha: float) -> list[float]:
+    """The model's own score of each hypothesis given its source row: the sum of
+    log p(token | previous true tokens) over its tokens (<end> included), divided by the
+    length penalty. One teacher-forced call for all: each decoder input is padded after
+    its hypothesis, and later positions cannot change earlier ones."""
+    decoder_input = np.full((len(hypotheses), max(map(len, hypotheses))), PAD_ID, dtype="int32")
+    for row, hypothesis in enumerate(hypotheses):
+        decoder_input[row, : len(hypothesis)] = [START_ID, *hypothesis[:-1]]
+    logits = output_logits(model([np.asarray(sources), decoder_input]))
     log_probs = ops.convert_to_numpy(ops.log_softmax(logits, axis=-1))
-    total = sum(log_probs[t, token] for t, token in enumerate(hypothesis))
-    return float(total / ops.convert_to_numpy(length_penalty(len(hypothesis), alpha)))
+    return [
+        float(sum(log_probs[row, t, token] for t, token in enumerate(hypothesis)))
+        / float(ops.convert_to_numpy(length_penalty(len(hypothesis), alpha)))
+        for row, hypothesis in enumerate(hypotheses)
+    ]
 
 
 @pytest.mark.parametrize("attention", ["none", "luong", "bahdanau"])
@@ -88,11 +95,12 @@ def test_beam_hypotheses_are_sorted_and_scored_as_the_model_scores_them(attentio
     ids, scores = np.asarray(ids), np.asarray(scores)
     assert ids.shape == (6, 4, MAX_LENGTH) and scores.shape == (6, 4)
     assert np.all(np.diff(scores, axis=1) <= 1e-6), "n-best lists must be sorted best first"
-    for row in range(len(source)):
-        hypotheses = [_until_end(ids[row, n]) for n in range(4)]
-        assert len({tuple(h) for h in hypotheses}) == 4, "beams must be distinct"
-        for hypothesis, reported in zip(hypotheses, scores[row], strict=True):
-            assert _rescore(model, source[row], hypothesis, alpha) == pytest.approx(float(reported), abs=1e-4)
+    hypotheses = [[_until_end(ids[row, n]) for n in range(4)] for row in range(len(source))]
+    for row_hypotheses in hypotheses:
+        assert len({tuple(h) for h in row_hypotheses}) == 4, "beams must be distinct"
+    every = [hypothesis for row_hypotheses in hypotheses for hypothesis in row_hypotheses]
+    rescored = _rescore(model, np.repeat(source, 4, axis=0), every, alpha)
+    assert rescored == pytest.approx(scores.reshape(-1).tolist(), abs=1e-4)
 
 
 def test_beam_search_finds_at_least_the_greedy_score():
@@ -100,9 +108,8 @@ def test_beam_search_finds_at_least_the_greedy_score():
     source = _sources()
     greedy = ops.convert_to_numpy(GreedyDecoder(parts, MAX_LENGTH).predict_on_batch(source))
     _, scores = BeamSearchDecoder(parts, MAX_LENGTH, beam_size=5, alpha=0.0).predict_on_batch(source)
-    for row in range(len(source)):
-        greedy_score = _rescore(model, source[row], _until_end(greedy[row]), 0.0)
-        assert float(np.asarray(scores)[row, 0]) >= greedy_score - 1e-4
+    greedy_scores = _rescore(model, source, [_until_end(row) for row in greedy], 0.0)
+    assert np.all(np.asarray(scores)[:, 0] >= np.array(greedy_scores) - 1e-4)
 
 
 def test_seeded_sampling_is_reproducible():
