@@ -48,7 +48,7 @@ RESULTS = ROOT / "bench" / "results" / "kill_soak.json"
 # plateau rule and dev BLEU, on the default corpus, at character level (--textbook)
 SETTINGS = [
     *("--textbook", "--data", "builtin:numbers-en-es", "--num-samples", "400", "--epochs", "4"),
-    *("--latent-dim", "16", "--batch-size", "32", "--input", "embedding", "--embedding-dim", "8"),
+    *("--latent-dim", "16", "--batch-size", "128", "--input", "embedding", "--embedding-dim", "8"),
     *("--attention", "luong", "--dropout", "0.1", "--lr-patience", "1", "--dev-bleu-sentences", "20"),
     *("--seed", "3", "--quiet"),
 ]
