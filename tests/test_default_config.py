@@ -48,8 +48,7 @@ BEAM_MARGIN_BLEU = 1.0
 
 
 # Each padded batch shape compiles its own training step (2-3 s for this model): the test
-# pads into a few shapes instead of the trainer's 24, a cold start's 40 s of compiling
-# down to about 10 s.
+# pads into a few shapes instead of the trainer's 16, about 10 s of compiling in all.
 FEW_SHAPES = 4
 
 

@@ -103,7 +103,7 @@ class PairBatches(keras.utils.PyDataset):
         epoch: int = 0,
         max_tokens: int | None = None,
         row_multiple: int = 1,
-        max_shapes: int | None = 24,
+        max_shapes: int | None = 16,
         target_cost: float = 1.0,
         fine_sources: bool = True,
         **kwargs,
