@@ -81,7 +81,11 @@ def prepare(work: Path, reverse: bool, pairs: int | None, plan_epochs: int) -> N
     """Split spa-eng, fit the codecs, and write the encoded pairs and `plan_epochs` epochs
     of PairBatches' batch order into `work` (kept: a second call with the same settings
     does nothing)."""
+    from seq2seq.batches import MAX_SHAPES
+
+    # the shapes cap is PairBatches' own: a change to it prepares the batches again
     settings = {"corpus": str(CORPUS), "reverse": reverse, "pairs": pairs, "plan_epochs": plan_epochs}
+    settings["max_shapes"] = MAX_SHAPES
     marker = work / "prepared.json"
     if marker.is_file():
         done = json.loads(marker.read_text())

@@ -33,6 +33,8 @@ def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
 # (up to this length, pad to a multiple of this); longer lengths: multiples of 32
 DECODING_STEPS = ((32, 4), (64, 8), (128, 16))
 TRAINING_STEPS = ((8, 1), (16, 2), (32, 4), (64, 8), (128, 16))
+# Each batch shape compiles its own training step (about 3 s for the default model).
+MAX_SHAPES = 16
 
 
 def _round_up(length: int, steps: tuple[tuple[int, int], ...]) -> int:
@@ -103,7 +105,7 @@ class PairBatches(keras.utils.PyDataset):
         epoch: int = 0,
         max_tokens: int | None = None,
         row_multiple: int = 1,
-        max_shapes: int | None = 16,
+        max_shapes: int | None = MAX_SHAPES,
         target_cost: float = 1.0,
         fine_sources: bool = True,
         **kwargs,
