@@ -83,9 +83,13 @@ def prepare(work: Path, reverse: bool, pairs: int | None, plan_epochs: int) -> N
     does nothing)."""
     from seq2seq.batches import MAX_SHAPES
 
-    # the shapes cap is PairBatches' own: a change to it prepares the batches again
-    settings = {"corpus": str(CORPUS), "reverse": reverse, "pairs": pairs, "plan_epochs": plan_epochs}
-    settings["max_shapes"] = MAX_SHAPES
+    settings = {
+        "corpus": str(CORPUS),
+        "reverse": reverse,
+        "pairs": pairs,
+        "plan_epochs": plan_epochs,
+        "max_shapes": MAX_SHAPES,  # PairBatches' cap: a change to it prepares the batches again
+    }
     marker = work / "prepared.json"
     if marker.is_file():
         done = json.loads(marker.read_text())

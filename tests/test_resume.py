@@ -1,9 +1,9 @@
 """A killed training run, resumed, ends exactly where an uninterrupted run ends.
 
-Here the one-hot word model trained by the row-sparse RMSprop step; the embedding and
-attention model of the same settings is killed and resumed by tests/test_faults.py's kill
-soak, which compares the best model, the checkpoint's weights and optimizer state and the
-history exactly."""
+Here the one-hot word model trained by the row-sparse RMSprop step; a small embedding
+and attention model is killed and resumed by tests/test_faults.py's kill soak (the
+settings of bench/kill_soak.py), which compares the best model, the checkpoint's weights
+and optimizer state and the history exactly."""
 
 from __future__ import annotations
 
