@@ -44,7 +44,7 @@ def test_training_lengths_are_finer_and_at_most_a_fifth_padding():
 def test_training_batches_pad_sources_as_finely_as_targets():
     # five-word sources padded to 8 (the decoding sizes) made 29% of a word-level
     # encoder's steps padding on spa-eng
-    batches = PairBatches([[4] * 5] * 40 + [[4] * 3] * 40, [[5] * 3] * 80, batch_size=16, seed=0)
+    batches = PairBatches([[4] * 5] * 40 + [[4] * 3] * 40, [[5] * 3] * 80, batch_size=16, seed=0, batches_per_shape=1)
     source_lengths = sorted({batches[i][0][SOURCE_IDS].shape[1] for i in range(len(batches))})
     assert source_lengths == [3, 5]
 
@@ -83,7 +83,7 @@ def test_batches_reshuffle_each_epoch():
 
 def test_long_batches_are_capped_and_filled_to_a_fixed_shape():
     targets = [[5] * n for n in [3] * 40 + [30] * 40]
-    batches = PairBatches([[6]] * 80, targets, batch_size=32, max_tokens=256, shuffle=False)
+    batches = PairBatches([[6]] * 80, targets, batch_size=32, max_tokens=256, shuffle=False, batches_per_shape=1)
     shapes = set()
     for i in range(len(batches)):
         inputs, expected = batches[i]
@@ -116,13 +116,31 @@ def test_rare_shapes_are_padded_into_at_most_max_shapes():
         assert (inputs[SOURCE_IDS][: len(rows)] != 0).sum() == sum(len(sources[j]) for j in rows)
 
 
+def test_an_epoch_of_few_batches_gets_few_shapes():
+    """At most one shape for every `batches_per_shape` batches of an epoch, and at least one:
+    each shape compiles a training step, which costs more than padding a few batches."""
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 40, size=(320, 2))  # 20 batches of 16
+    sources = [[5] * int(s) for s, _ in lengths]
+    targets = [[6] * int(t) for _, t in lengths]
+    natural = PairBatches(sources, targets, batch_size=16, seed=1, max_shapes=None)
+    assert len({natural.shape_of(rows) for rows in natural.batches}) > 10
+    for per_shape, most in ((8, 2), (5, 4), (40, 1)):
+        batches = PairBatches(sources, targets, batch_size=16, seed=1, batches_per_shape=per_shape)
+        assert 1 <= len(batches.shapes) <= most
+        assert {batches.shape_of(rows) for rows in batches.batches} <= batches.shapes
+        assert sorted(i for rows in batches.batches for i in rows) == list(range(320))
+
+
 def test_merging_shapes_pads_the_cheaper_side():
     # four shapes, (3, 3), (5, 3), (3, 5), (5, 5) (decoder targets: words + <end>), two batches each
     sources = [[5] * s for s in (3, 5, 3, 5) for _ in range(32)]
     targets = [[6] * t for t in (2, 2, 4, 4) for _ in range(32)]
 
     def shapes(target_cost: float) -> set[tuple[int, int]]:
-        return PairBatches(sources, targets, batch_size=16, max_shapes=2, target_cost=target_cost).shapes
+        return PairBatches(
+            sources, targets, batch_size=16, max_shapes=2, batches_per_shape=1, target_cost=target_cost
+        ).shapes
 
     free = PairBatches(sources, targets, batch_size=16, max_shapes=None)
     assert {free.shape_of(rows) for rows in free.batches} == {(3, 3), (5, 3), (3, 5), (5, 5)}
@@ -136,7 +154,7 @@ def test_merging_shapes_adds_the_least_padding_first():
     shapes_and_batches = {(3, 4): 6, (4, 3): 7, (4, 4): 1, (4, 12): 2}
     sources = [[5] * s for (s, _), n in shapes_and_batches.items() for _ in range(16 * n)]
     targets = [[6] * (t - 1) for (_, t), n in shapes_and_batches.items() for _ in range(16 * n)]
-    batches = PairBatches(sources, targets, batch_size=16, max_shapes=3)
+    batches = PairBatches(sources, targets, batch_size=16, max_shapes=3, batches_per_shape=1)
     # the rarest, (4, 4), into (4, 12) would pad 8 of 12 target positions in its 16 rows
     # (128); (3, 4) into (4, 4) pads one source position in 96 rows (96), (4, 3) one
     # target position in 112 rows (112)
@@ -151,7 +169,9 @@ def test_merging_shapes_weighs_the_rows_moved_when_output_size_limits_the_rows()
         rows = min(8, 48 // target)
         sources += [[5] * source] * (n * rows)
         targets += [[6] * (target - 1)] * (n * rows)
-    batches = PairBatches(sources, targets, batch_size=8, max_tokens=48, max_shapes=3, shuffle=False)
+    batches = PairBatches(
+        sources, targets, batch_size=8, max_tokens=48, max_shapes=3, batches_per_shape=1, shuffle=False
+    )
     # (3, 6)'s 24 rows join (3, 8) first; (3, 8) then holds 42 rows in 6 batches. Counted
     # as 6 batches of its 6 rows, moving them to (3, 12) would look cheaper (36 x 4 = 144)
     # than (2, 2) to (5, 4) (32 x 5 = 160); it costs 42 x 4 = 168

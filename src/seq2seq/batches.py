@@ -33,8 +33,11 @@ def teacher_forcing(target_ids: Sequence[int]) -> tuple[list[int], list[int]]:
 # (up to this length, pad to a multiple of this); longer lengths: multiples of 32
 DECODING_STEPS = ((32, 4), (64, 8), (128, 16))
 TRAINING_STEPS = ((8, 1), (16, 2), (32, 4), (64, 8), (128, 16))
-# Each batch shape compiles its own training step (about 3 s for the default model).
+# Each batch shape compiles its own training step (about 3 s for the default model, at any
+# size): at most MAX_SHAPES of them, and at most one for every BATCHES_PER_SHAPE batches of
+# an epoch, since on a few batches a shape's compiling costs more than the padding it saves.
 MAX_SHAPES = 16
+BATCHES_PER_SHAPE = 8
 
 
 def _round_up(length: int, steps: tuple[tuple[int, int], ...]) -> int:
@@ -82,7 +85,8 @@ class PairBatches(keras.utils.PyDataset):
     and the backend compiles few programs.
 
     Each shape (source length, target length) compiles to a program that stays in
-    memory, so there are at most `max_shapes` of them: epoch 0's shapes are merged into
+    memory, so there are at most `max_shapes` of them, and at most one for every
+    `batches_per_shape` batches of an epoch (at least one): epoch 0's shapes are merged into
     larger ones that hold them, the merge that adds the least work first (a target
     position counting as `target_cost` source positions: it also runs the output layer),
     every epoch pads to that set (a resumed run too), and a batch is cut to the rows its
@@ -106,6 +110,7 @@ class PairBatches(keras.utils.PyDataset):
         max_tokens: int | None = None,
         row_multiple: int = 1,
         max_shapes: int | None = MAX_SHAPES,
+        batches_per_shape: int = BATCHES_PER_SHAPE,
         target_cost: float = 1.0,
         fine_sources: bool = True,
         **kwargs,
@@ -129,9 +134,10 @@ class PairBatches(keras.utils.PyDataset):
         self.epoch = epoch
         self.shapes: set[tuple[int, int]] | None = None
         self.count: int | None = None
-        if max_shapes is not None:  # from epoch 0's batches, whatever epoch a run starts from
-            self.shapes = self._fewest_shapes(self._make_batches(0), max_shapes)
         first = self._make_batches(0)
+        if max_shapes is not None:  # from epoch 0's batches, whatever epoch a run starts from
+            self.shapes = self._fewest_shapes(first, max(1, min(max_shapes, len(first) // batches_per_shape)))
+            first = self._make_batches(0)
         self.count = len(first)  # every epoch's number of batches
         self.batches = first if epoch == 0 else self._make_batches(epoch)
 
