@@ -81,14 +81,16 @@ def prepare(work: Path, reverse: bool, pairs: int | None, plan_epochs: int) -> N
     """Split spa-eng, fit the codecs, and write the encoded pairs and `plan_epochs` epochs
     of PairBatches' batch order into `work` (kept: a second call with the same settings
     does nothing)."""
-    from seq2seq.batches import MAX_SHAPES
+    from seq2seq.batches import BATCHES_PER_SHAPE, MAX_SHAPES
 
     settings = {
         "corpus": str(CORPUS),
         "reverse": reverse,
         "pairs": pairs,
         "plan_epochs": plan_epochs,
-        "max_shapes": MAX_SHAPES,  # PairBatches' cap: a change to it prepares the batches again
+        # PairBatches' caps on shapes: a change to them prepares the batches again
+        "max_shapes": MAX_SHAPES,
+        "batches_per_shape": BATCHES_PER_SHAPE,
     }
     marker = work / "prepared.json"
     if marker.is_file():
