@@ -166,8 +166,7 @@ def enable_compilation_cache() -> None:
         return
     directory = Path(setting) if setting else Path.home() / ".cache" / "seq2seq" / "jax"
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    # every program, however quickly it compiles: a process compiles dozens of small ones
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_compilation_cache_max_size", 2**30)
 
 
