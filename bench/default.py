@@ -745,6 +745,18 @@ def first_reaching(curve: list, target: float) -> list | None:
     return next((point for point in curve if point[2] >= target), None)
 
 
+def time_ratio(r: dict) -> str | None:
+    """Ours / the peer's time to the BLEU target: "0.55", "< 0.35" where the peer stopped
+    short of it (its time is longer than it trained), or None where ours did not reach it."""
+    target = r.get("bleu_target", BLEU_TARGET)
+    ours, theirs = (first_reaching(r[f"quality_{side}"]["curve"], target) for side in ("seq2seq", "torch"))
+    if ours is None:
+        return None
+    if theirs is None:
+        return f"< {ours[1] / r['quality_torch']['curve'][-1][1]:.2f}"
+    return f"{ours[1] / theirs[1]:.2f}"
+
+
 def quality_rows(r: dict) -> list[str]:
     ours, theirs = r["quality_seq2seq"], r["quality_torch"]
     target = r.get("bleu_target", BLEU_TARGET)
@@ -757,12 +769,9 @@ def quality_rows(r: dict) -> list[str]:
             if point
             else (f"not reached in {result['curve'][-1][1] / 60:.1f} min (best {best[2]})", None)
         )
-    (ours_cell, ours_s), (theirs_cell, theirs_s) = cells
-    ratio = ""
-    if ours_s and theirs_s:
-        ratio = f"{ours_s / theirs_s:.2f} of its time"
-    elif ours_s:  # the peer stopped short of the target: its time is longer than it trained
-        ratio = f"< {ours_s / theirs['curve'][-1][1]:.2f} of its time"
+    (ours_cell, _), (theirs_cell, _) = cells
+    ratio = time_ratio(r)
+    ratio = f"{ratio} of its time" if ratio else ""
     label = f"time to dev BLEU {target} (spa→eng, {ours['dev']} dev sentences, greedy; lower is better)"
     return [f"| {label} | {ours_cell} | {theirs_cell} | {ratio} |"]
 

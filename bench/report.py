@@ -195,7 +195,7 @@ def ratio(results: dict, measurement: str, key: str) -> float:
 
 def default_summary(by_cpu: dict[str, dict]) -> str:
     """One row per CPU: ours / torch for what issue 20 sets targets on."""
-    from default import TIME_RATIO_TARGET, first_reaching
+    from default import TIME_RATIO_TARGET, time_ratio
 
     lines = [
         "| CPU | training pairs/s | greedy sentences/s | beam-5 sentences/s | time to dev BLEU 30 |",
@@ -203,14 +203,12 @@ def default_summary(by_cpu: dict[str, dict]) -> str:
         f"| target (ours / PyTorch) | ≥ 2× | ≥ 5× | ≥ 3× | ≤ {TIME_RATIO_TARGET} |",
     ]
     for cpu, r in by_cpu.items():
-        time_ratio = "not measured"
+        to_target = "not measured"
         if "quality_seq2seq" in r:
-            target = r.get("bleu_target", 30.0)
-            ours, theirs = (first_reaching(r[f"quality_{side}"]["curve"], target) for side in ("seq2seq", "torch"))
-            time_ratio = f"{ours[1] / theirs[1]:.2f}" if ours and theirs else "not reached"
+            to_target = time_ratio(r) or "not reached"
         lines.append(
             f"| {cpu} | {ratio(r, 'train', 'pairs_per_s'):.2f}× | {ratio(r, 'decode_beam1', 'sentences_per_s'):.2f}× "
-            f"| {ratio(r, 'decode_beam5', 'sentences_per_s'):.2f}× | {time_ratio} |"
+            f"| {ratio(r, 'decode_beam5', 'sentences_per_s'):.2f}× | {to_target} |"
         )
     return "\n".join(lines)
 
