@@ -130,6 +130,8 @@ def test_an_epoch_of_few_batches_gets_few_shapes():
         assert 1 <= len(batches.shapes) <= most
         assert {batches.shape_of(rows) for rows in batches.batches} <= batches.shapes
         assert sorted(i for rows in batches.batches for i in rows) == list(range(320))
+    with pytest.raises(ValueError, match="batches_per_shape"):
+        PairBatches(sources, targets, batch_size=16, batches_per_shape=0)
 
 
 def test_merging_shapes_pads_the_cheaper_side():

@@ -122,6 +122,8 @@ class PairBatches(keras.utils.PyDataset):
             raise ValueError("no pairs to make batches from")
         if not target_cost > 0:
             raise ValueError(f"target_cost must be positive, got {target_cost}")
+        if batches_per_shape < 1:
+            raise ValueError(f"batches_per_shape must be at least 1, got {batches_per_shape}")
         self.sources = list(sources)
         self.decoder_inputs, self.decoder_targets = zip(*(teacher_forcing(t) for t in targets), strict=True)
         self.batch_size = batch_size
