@@ -765,11 +765,11 @@ def quality_rows(r: dict) -> list[str]:
         point = first_reaching(result["curve"], target)
         best = max(result["curve"], key=lambda p: p[2])
         cells.append(
-            (f"{point[1] / 60:.1f} min ({point[0]} batches)", point[1])
+            f"{point[1] / 60:.1f} min ({point[0]} batches)"
             if point
-            else (f"not reached in {result['curve'][-1][1] / 60:.1f} min (best {best[2]})", None)
+            else f"not reached in {result['curve'][-1][1] / 60:.1f} min (best {best[2]})"
         )
-    (ours_cell, _), (theirs_cell, _) = cells
+    ours_cell, theirs_cell = cells
     ratio = time_ratio(r)
     ratio = f"{ratio} of its time" if ratio else ""
     label = f"time to dev BLEU {target} (spa→eng, {ours['dev']} dev sentences, greedy; lower is better)"

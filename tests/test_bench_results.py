@@ -159,3 +159,20 @@ def test_interleaved_runs_stand_for_each_side_by_their_median(monkeypatch):
     assert "median of 3 interleaved runs: ours 700.0, 600.0, 650.0; peer 300.0, 380.0, 290.0" in row
     assert row.endswith("| 650.0 | 300.0 | 2.17× |")
     assert default.median_run([{"x": 2}, {"x": 1}], "x") == {"x": 1}  # an even count: the lower middle
+
+
+def test_time_to_the_bleu_target_where_the_peer_stopped_short(monkeypatch):
+    """The peer trains only as long as the target ratio needs; where it stops short of the
+    BLEU target, both tables give an upper bound on the ratio, not "not reached"."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    default = bench_module("default")
+    ours = {"curve": [[300, 60.0, 20.0], [600, 120.0, 31.0]], "dev": 300}
+    peer = {"curve": [[300, 100.0, 10.0], [600, 400.0, 25.0]], "dev": 300}
+    reached = {"curve": [[300, 100.0, 10.0], [600, 240.0, 30.5]], "dev": 300}
+    assert default.time_ratio({"quality_seq2seq": ours, "quality_torch": reached}) == "0.50"
+    short = {"quality_seq2seq": ours, "quality_torch": peer}
+    assert default.time_ratio(short) == "< 0.30"
+    assert default.time_ratio({"quality_seq2seq": peer, "quality_torch": ours}) is None
+    assert "< 0.30 of its time" in default.quality_rows(short)[0]
+    summary = bench_module("report").default_summary({"CPU X": measurements(300.0, 100.0) | short})
+    assert summary.splitlines()[-1].endswith("| < 0.30 |")
