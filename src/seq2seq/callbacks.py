@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
+from . import averaging
 from .backend import release_freed_memory
 from .data import Pair
 from .evaluation import score
@@ -164,6 +165,34 @@ class HistoryLogger(keras.callbacks.CSVLogger):
 
     def on_train_end(self, logs=None) -> None:
         self.writer = None
+
+
+class EpochWeights(keras.callbacks.Callback):
+    """Saves the trainable weights after every epoch (DIR/epoch-NNN.npz, `averaging`),
+    keeping the last `keep`. At the start it removes the files of epochs after
+    `epochs_done`: a run killed after writing them but before its checkpoint leaves them,
+    and the resumed run writes them again."""
+
+    def __init__(self, directory: Path, keep: int, epochs_done: int = 0) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+        self.keep = keep
+        self.epochs_done = epochs_done
+
+    def on_train_begin(self, logs=None) -> None:
+        if self.directory.is_dir():  # temporaries a kill in mid-write left
+            for temporary in self.directory.glob(".epoch-*.npz.*.tmp.npz"):
+                temporary.unlink()
+        for number, path in averaging.saved_epochs(self.directory).items():
+            if number > self.epochs_done:
+                path.unlink()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        averaging.save_weights(self.model, averaging.epoch_file(self.directory, epoch + 1))
+        for number, old in averaging.saved_epochs(self.directory).items():
+            if number <= epoch + 1 - self.keep:
+                old.unlink()
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):

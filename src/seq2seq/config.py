@@ -161,6 +161,13 @@ class Config:
             "auto: linear with --time-budget, else none"
         },
     )
+    average_epochs: int = field(
+        default=1,
+        metadata={
+            "help": "at the end, average the weights of the last N epochs and keep the mean in model.keras "
+            "if it scores better on the whole dev split than the best epoch (1: off)"
+        },
+    )
     dev_bleu_sentences: int = field(
         default=500, metadata={"help": "dev sentences decoded after every epoch for BLEU/chrF (0: none)"}
     )
@@ -193,7 +200,16 @@ class Config:
         hints = _type_hints()
         for spec in dataclasses.fields(self):
             _check_type(spec.name, getattr(self, spec.name), hints[spec.name])
-        for name in ("layers", "vocab_size", "latent_dim", "embedding_dim", "epochs", "batch_size", "min_freq"):
+        for name in (
+            "layers",
+            "vocab_size",
+            "latent_dim",
+            "embedding_dim",
+            "epochs",
+            "batch_size",
+            "min_freq",
+            "average_epochs",
+        ):
             _positive(name, getattr(self, name))
         for name in ("num_samples", "patience", "lr_patience", "max_length"):
             if getattr(self, name) is not None:

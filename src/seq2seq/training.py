@@ -13,12 +13,13 @@ from pathlib import Path
 
 import keras
 
-from . import backend, modeldir
+from . import averaging, backend, modeldir
 from .api import Seq2Seq
 from .batches import PairBatches
 from .callbacks import (
     BestModelCheckpoint,
     DevScores,
+    EpochWeights,
     HistoryLogger,
     LinearDecay,
     ReleaseFreedMemory,
@@ -28,6 +29,7 @@ from .callbacks import (
 from .config import Config, ConfigError
 from .data import Pair, Split, load_pairs, split_by_source
 from .decoding import default_length_ratio, default_max_length
+from .evaluation import score
 from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, atomic_path
 from .losses import MaskedAccuracy, MaskedCrossEntropy
 from .model import build_model
@@ -239,6 +241,7 @@ def _fit(
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=config.patience, verbose=1
         )
+    averaged = config.average_epochs > 1 and bool(split.dev)
     clock = TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
     callbacks: list[keras.callbacks.Callback] = [ReleaseFreedMemory(), clock]
     if config.linear_decay:
@@ -248,6 +251,7 @@ def _fit(
     callbacks += [
         *stateful.values(),
         HistoryLogger(str(model_dir / HISTORY_FILE), append=True),
+        *([EpochWeights(model_dir / CHECKPOINT_DIR, config.average_epochs, epochs_done)] if averaged else []),
         TrainingCheckpoint(model_dir / CHECKPOINT_DIR, stateful, restore=restore),
         *(extra_callbacks or []),
     ]
@@ -268,7 +272,26 @@ def _fit(
     # the best epoch, as saved by the checkpoint, is the model
     best = backend.load_model(model_dir / MODEL_FILE)
     model.set_weights(best.get_weights())
+    if averaged:
+        dev_score = _dev_score(system, split.dev, dev_batches)
+        averaging.keep_better_average(
+            model, model_dir, model_dir / CHECKPOINT_DIR, config.average_epochs, dev_score, mode == "max"
+        )
     return system
+
+
+def _dev_score(system: Seq2Seq, dev: list[Pair], dev_batches: PairBatches | None):
+    """A function scoring the model as it is on the whole dev split by `stop_metric`:
+    greedy BLEU or chrF, or the loss."""
+    metric = system.config.stop_metric
+
+    def dev_score() -> float:
+        if metric == "loss":
+            return float(system.model.evaluate(dev_batches, verbose=0, return_dict=True)["loss"])
+        scores = score(system.translate([p.source for p in dev]), [p.target for p in dev])
+        return scores.bleu if metric == "bleu" else scores.chrf
+
+    return dev_score
 
 
 def _truncate_history(path: Path, epochs_done: int) -> None:
