@@ -17,7 +17,8 @@ A first run that ends before its kill moment is run again from the start with an
 moment, so that every trial has a kill.
 A finished trial must match the reference exactly (np.array_equal, no tolerance): the
 best model (model.keras), the last checkpoint's weights and optimizer state
-(checkpoint/model.keras), and every column of history.csv but the training time.
+(checkpoint/model.keras), the epoch weights kept for averaging, and every column of
+history.csv but the training time.
 
 Prints one line per trial and a summary (trials, kills, resumes, restarts, kills that
 came in mid-write, leaving a temporary file beside the file being written, all equal?),
@@ -45,12 +46,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "kill_soak.json"
 
 # A small model with what a resume must restore: embedding, Luong attention, dropout, the
-# plateau rule and dev BLEU, on the default corpus, at character level (--textbook)
+# plateau rule, dev BLEU and the epoch weights to average, on the default corpus, at
+# character level (--textbook)
 SETTINGS = [
     *("--textbook", "--data", "builtin:numbers-en-es", "--num-samples", "400", "--epochs", "4"),
     *("--latent-dim", "16", "--batch-size", "128", "--input", "embedding", "--embedding-dim", "8"),
     *("--attention", "luong", "--dropout", "0.1", "--lr-patience", "1", "--dev-bleu-sentences", "20"),
-    *("--seed", "3", "--quiet"),
+    *("--average-epochs", "2", "--seed", "3", "--quiet"),
 ]
 
 
@@ -202,7 +204,8 @@ def temporaries(model_dir: Path) -> list[Path]:
 
 def differences(expected: Path, actual: Path) -> str:
     """What differs between two finished model directories ('' when nothing): weights of
-    the best model, weights and optimizer state of the last checkpoint, the history."""
+    the best model, weights and optimizer state of the last checkpoint, the epoch weights
+    kept for averaging, the history."""
     import keras
     import numpy as np
 
@@ -218,6 +221,14 @@ def differences(expected: Path, actual: Path) -> str:
         unequal = sum(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
         if unequal:
             problems.append(f"{name}: {unequal} of {len(pairs)} arrays differ")
+    epoch_files = sorted(p.name for p in (expected / "checkpoint").glob("epoch-*.npz"))
+    actual_files = sorted(p.name for p in (actual / "checkpoint").glob("epoch-*.npz"))
+    if actual_files != epoch_files:
+        problems.append(f"checkpoint/ holds the epoch weights {actual_files}, expected {epoch_files}")
+    for name in epoch_files if actual_files == epoch_files else []:
+        with np.load(expected / "checkpoint" / name) as a, np.load(actual / "checkpoint" / name) as b:
+            if a.files != b.files or any(not np.array_equal(a[key], b[key]) for key in a.files):
+                problems.append(f"checkpoint/{name} differs")
     history, expected_history = _history(actual), _history(expected)
     if history != expected_history:
         problems.append(f"history.csv differs ({len(history)} rows, expected {len(expected_history)})")

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from seq2seq import Config, Seq2Seq, files
+from seq2seq import Config, Seq2Seq, averaging, files
 from seq2seq.callbacks import BestModelCheckpoint, HistoryLogger, TrainingCheckpoint
 from seq2seq.cli import main
 from seq2seq.data import Pair, Split
@@ -148,6 +148,9 @@ WRITERS = {
     "split files": lambda d, v: lambda: _split(v).save(d / "split"),
     "model directory (Seq2Seq.save)": lambda d, v: partial(_seq2seq(v).save, d),
     "model.keras (files.save_model)": lambda d, v: partial(files.save_model, _keras_model(v), d / MODEL_FILE),
+    "epoch weights (averaging.save_weights)": lambda d, v: partial(
+        averaging.save_weights, _keras_model(v), averaging.epoch_file(d, 1)
+    ),
     "best model (BestModelCheckpoint)": _best_model,
     "checkpoint (TrainingCheckpoint)": _training_checkpoint,
     "history.csv (HistoryLogger)": _history,

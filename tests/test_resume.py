@@ -17,10 +17,13 @@ import textwrap
 import keras
 import numpy as np
 
-# One-hot word inputs, trained with RMSprop by the row-sparse step (row_sparse.py).
+from seq2seq import averaging
+
+# One-hot word inputs, trained with RMSprop by the row-sparse step (row_sparse.py), and
+# the mean of the last two epochs' weights kept if its dev loss is lower (averaging.py).
 ROW_SPARSE_SETTINGS = (
     "data='builtin:reverse', num_samples=400, epochs=4, latent_dim=16, batch_size=32, level='word', "
-    "input='onehot', lr_patience=1, dev_bleu_sentences=20, seed=3"
+    "input='onehot', lr_patience=1, dev_bleu_sentences=20, average_epochs=2, seed=3"
 )
 
 TRAIN = textwrap.dedent(
@@ -62,14 +65,15 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert _run("-c", train_script, str(whole), "0").returncode == 0
 
-    result = _run("-c", train_script, str(killed), "2")
+    result = _run("-c", train_script, str(killed), "3")
     assert result.returncode != 0  # killed
     state = json.loads((killed / "checkpoint" / "state.json").read_text())
-    assert state["epochs_done"] == 2
+    assert state["epochs_done"] == 3
 
     result = _run("-c", RESUME, str(killed))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming" in result.stderr
+    assert "average of the last 2 epochs" in result.stderr  # epoch 3's weights from the killed run, 4's from this
 
     weights, iterations, optimizer = _weights(whole)
     resumed_weights, resumed_iterations, resumed_optimizer = _weights(killed)
@@ -78,6 +82,25 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     for a, b in zip(optimizer, resumed_optimizer, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+    # the same epochs saved for averaging, and the same model chosen from them
+    assert sorted(p.name for p in (killed / "checkpoint").glob("epoch-*")) == ["epoch-003.npz", "epoch-004.npz"]
+    epoch_files = [killed / "checkpoint" / name for name in ("epoch-003.npz", "epoch-004.npz")]
+    for path in epoch_files:
+        with np.load(whole / "checkpoint" / path.name) as a, np.load(path) as b:
+            np.testing.assert_array_equal(b["paths"], a["paths"])
+            for key in set(a.files) - {"paths"}:
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6)
+    best = keras.saving.load_model(whole / "model.keras", compile=False, safe_mode=True)
+    resumed_best = keras.saving.load_model(killed / "model.keras", compile=False, safe_mode=True)
+    for a, b in zip(best.get_weights(), resumed_best.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    mean = averaging.mean_weights(resumed_best, epoch_files)
+    holds_mean = all(
+        np.allclose(np.asarray(v), m, rtol=1e-5, atol=1e-6)
+        for v, m in zip(resumed_best.trainable_variables, mean, strict=True)
+    )
+    assert holds_mean == ("kept in model.keras" in result.stderr)
 
     with (killed / "history.csv").open() as f:
         history = list(csv.DictReader(f))

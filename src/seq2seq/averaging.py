@@ -15,20 +15,25 @@ from __future__ import annotations
 import re
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from .files import MODEL_FILE, atomic_path, save_model
+from .files import MODEL_FILE, atomic_path, remove_temporaries_matching, save_model
 from .modeldir import ModelFileError
 
 EPOCH_FILE = "epoch-{:03d}.npz"  # 1-based epoch number
-_EPOCH_NAME = re.compile(r"epoch-(\d{3,})\.npz")
+_EPOCH_NAME = r"epoch-(\d{3,})\.npz"
+_PATHS = "paths"  # the array of variable paths; the weights are stored under their paths
+ADVICE = "delete it to train without averaging it, or train again"
 
 
 def epoch_file(directory: Path, epoch_number: int) -> Path:
+    """Where the weights after epoch `epoch_number` (1-based) go."""
     return Path(directory) / EPOCH_FILE.format(epoch_number)
 
 
@@ -38,37 +43,55 @@ def saved_epochs(directory: Path) -> dict[int, Path]:
         return {}
     found = {}
     for path in Path(directory).iterdir():
-        match = _EPOCH_NAME.fullmatch(path.name)
+        match = re.fullmatch(_EPOCH_NAME, path.name)
         if match:
             found[int(match.group(1))] = path
     return dict(sorted(found.items()))
 
 
+def remove_temporaries(directory: Path) -> None:
+    """The epoch files' temporaries a kill in mid-write left in `directory`."""
+    remove_temporaries_matching(directory, r"epoch-\d{3,}\.npz", ".npz")
+
+
 def save_weights(model: keras.Model, path: Path) -> None:
-    """The model's trainable weights, in `model.trainable_variables`' order, written atomically."""
+    """The model's trainable weights, each stored under its variable's path (the order of
+    variables may differ between processes), written atomically."""
+    variables = model.trainable_variables
+    arrays = {f"w{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
     with atomic_path(path) as temporary, temporary.open("wb") as f:
-        np.savez(f, *(keras.ops.convert_to_numpy(v) for v in model.trainable_variables))
+        np.savez(f, **{_PATHS: np.array([v.path for v in variables])}, **arrays)
 
 
 def load_weights(model: keras.Model, path: Path) -> list[np.ndarray]:
-    """The arrays `save_weights` wrote, checked against the model's trainable variables
-    (ModelFileError naming the file if they do not fit)."""
+    """The arrays `save_weights` wrote, one per `model.trainable_variables`, in that order
+    (each of its variable's shape). ModelFileError naming the file if they do not fit."""
+
+    def refuse(reason: str) -> ModelFileError:
+        return ModelFileError(f"{path}: {reason}; {ADVICE}")
+
     try:
         with np.load(path, allow_pickle=False) as stored:
-            arrays = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelFileError(f"{path}: not an epoch-weights file ({error})") from error
-    variables = model.trainable_variables
-    if len(arrays) != len(variables):
-        raise ModelFileError(f"{path}: holds {len(arrays)} arrays, the model has {len(variables)} trainable variables")
-    for array, variable in zip(arrays, variables, strict=True):
-        if tuple(array.shape) != tuple(variable.shape):
-            raise ModelFileError(f"{path}: {variable.path} has shape {tuple(array.shape)}, the model {variable.shape}")
+            paths = [str(p) for p in stored[_PATHS]]
+            by_path = {name: stored[f"w{i}"] for i, name in enumerate(paths)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise refuse(f"not an epoch-weights file ({error})") from error
+    arrays = []
+    for variable in model.trainable_variables:
+        array = by_path.get(variable.path)
+        if array is None:
+            raise refuse(f"has no weights for {variable.path}")
+        if tuple(array.shape) != tuple(variable.shape) or array.dtype.kind != "f":
+            raise refuse(f"{variable.path} is {array.dtype} {tuple(array.shape)}, the model's {tuple(variable.shape)}")
+        arrays.append(array)
+    if len(by_path) != len(arrays):
+        raise refuse(f"holds {len(by_path)} arrays, the model has {len(arrays)} trainable variables")
     return arrays
 
 
 def mean_weights(model: keras.Model, paths: list[Path]) -> list[np.ndarray]:
-    """The element-wise mean of the weights in `paths` (float64 sums, the variables' dtype out)."""
+    """The element-wise mean of the weights in `paths`: one array per trainable variable,
+    of its shape and dtype (summed in float64)."""
     total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
     for path in paths:
         for sum_, array in zip(total, load_weights(model, path), strict=True):
@@ -77,6 +100,7 @@ def mean_weights(model: keras.Model, paths: list[Path]) -> list[np.ndarray]:
 
 
 def assign(model: keras.Model, arrays: list[np.ndarray]) -> None:
+    """Set the trainable variables to `arrays` (in `model.trainable_variables`' order)."""
     for variable, array in zip(model.trainable_variables, arrays, strict=True):
         variable.assign(array)
 
@@ -106,9 +130,10 @@ def keep_better_average(
     else:
         assign(model, best)
     kept = "kept in model.keras" if better else "not kept"
+    digits = 2 if higher_is_better else 4  # BLEU or chrF; a loss
     print(
-        f"average of the last {len(paths)} epochs: {average_score:.2f} on the whole dev split against "
-        f"{best_score:.2f} for the best epoch; {kept} ({time.perf_counter() - started:.0f} s)",
+        f"average of the last {len(paths)} epochs: {average_score:.{digits}f} on the whole dev split against "
+        f"{best_score:.{digits}f} for the best epoch; {kept} ({time.perf_counter() - started:.0f} s)",
         file=sys.stderr,
         flush=True,
     )

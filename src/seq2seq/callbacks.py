@@ -180,9 +180,7 @@ class EpochWeights(keras.callbacks.Callback):
         self.epochs_done = epochs_done
 
     def on_train_begin(self, logs=None) -> None:
-        if self.directory.is_dir():  # temporaries a kill in mid-write left
-            for temporary in self.directory.glob(".epoch-*.npz.*.tmp.npz"):
-                temporary.unlink()
+        averaging.remove_temporaries(self.directory)
         for number, path in averaging.saved_epochs(self.directory).items():
             if number > self.epochs_done:
                 path.unlink()

@@ -78,10 +78,17 @@ def remove_temporaries(path: str | Path) -> list[Path]:
     mid-write (.NAME.RANDOM.tmpSUFFIX); returns them. For the writer of `path`, before it
     writes: another one's temporary may be in use."""
     path = Path(path)
-    name = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp{re.escape(path.suffix)}")
-    if not path.parent.is_dir():
+    return remove_temporaries_matching(path.parent, re.escape(path.name), path.suffix)
+
+
+def remove_temporaries_matching(directory: str | Path, name_pattern: str, suffix: str) -> list[Path]:
+    """`remove_temporaries` for every file of `directory` whose name matches the regular
+    expression `name_pattern` and ends with `suffix` (a writer of numbered files)."""
+    directory = Path(directory)
+    name = re.compile(rf"\.{name_pattern}\.[0-9a-f]{{8}}\.tmp{re.escape(suffix)}")
+    if not directory.is_dir():
         return []
-    removed = [candidate for candidate in path.parent.iterdir() if name.fullmatch(candidate.name)]
+    removed = [candidate for candidate in directory.iterdir() if name.fullmatch(candidate.name)]
     for temporary in removed:
         temporary.unlink(missing_ok=True)
     return removed

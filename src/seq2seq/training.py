@@ -7,6 +7,7 @@ import csv
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -137,8 +138,9 @@ def train(
 ) -> Seq2Seq:
     """Train a model as `config` says and save everything into `model_dir`.
 
-    model.keras always holds the best epoch so far (by the dev metric); the checkpoint
-    directory holds the last epoch with its optimizer state, for `resume`.
+    model.keras always holds the best epoch so far (by the dev metric), and at the end,
+    with `average_epochs`, the mean of the last epochs if it scores better on dev; the
+    checkpoint directory holds the last epoch with its optimizer state, for `resume`.
     """
     backend.bfloat16_training_logits()  # a wrong setting is named before any work
     model_dir = Path(model_dir)
@@ -237,11 +239,13 @@ def _fit(
         stateful["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode=mode, factor=config.lr_factor, patience=config.lr_patience, verbose=1
         )
-    if config.patience:
+    if config.patience and not config.linear_decay:  # a schedule runs to its end: its last epochs gain most
         stateful["early_stopping"] = keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=config.patience, verbose=1
         )
     averaged = config.average_epochs > 1 and bool(split.dev)
+    if config.average_epochs > 1 and not split.dev:
+        _log("warning: no dev split to choose between the mean of the last epochs and the best one: not averaging")
     clock = TrainingClock(config.epochs, config.time_budget, seconds_before=(restore or {}).get("seconds", 0.0))
     callbacks: list[keras.callbacks.Callback] = [ReleaseFreedMemory(), clock]
     if config.linear_decay:
@@ -266,21 +270,37 @@ def _fit(
                 callbacks=callbacks,
                 verbose=verbose,
             )
+            # the best epoch, as saved by the checkpoint, is the model
+            best = backend.load_model(model_dir / MODEL_FILE)
+            model.set_weights(best.get_weights())
+            if averaged:
+                _average(system, split.dev, dev_batches, model_dir, higher_is_better=mode == "max")
     except KeyboardInterrupt:
         _log(f"\ninterrupted: continue with `seq2seq train --resume --model-dir {model_dir}`")
         raise
-    # the best epoch, as saved by the checkpoint, is the model
-    best = backend.load_model(model_dir / MODEL_FILE)
-    model.set_weights(best.get_weights())
-    if averaged:
-        dev_score = _dev_score(system, split.dev, dev_batches)
-        averaging.keep_better_average(
-            model, model_dir, model_dir / CHECKPOINT_DIR, config.average_epochs, dev_score, mode == "max"
-        )
     return system
 
 
-def _dev_score(system: Seq2Seq, dev: list[Pair], dev_batches: PairBatches | None):
+def _average(
+    system: Seq2Seq, dev: list[Pair], dev_batches: PairBatches | None, model_dir: Path, higher_is_better: bool
+) -> None:
+    """The mean of the last `average_epochs` epochs' weights in place of the best epoch if
+    it scores better on the whole dev split (averaging.py). A damaged epoch file leaves
+    the best epoch, with a warning: the training itself is done and saved."""
+    try:
+        averaging.keep_better_average(
+            system.model,
+            model_dir,
+            model_dir / CHECKPOINT_DIR,
+            system.config.average_epochs,
+            _dev_score(system, dev, dev_batches),
+            higher_is_better,
+        )
+    except modeldir.ModelFileError as error:
+        _log(f"warning: not averaging the last epochs: {error}")
+
+
+def _dev_score(system: Seq2Seq, dev: list[Pair], dev_batches: PairBatches | None) -> Callable[[], float]:
     """A function scoring the model as it is on the whole dev split by `stop_metric`:
     greedy BLEU or chrF, or the loss."""
     metric = system.config.stop_metric
