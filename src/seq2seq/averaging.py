@@ -28,7 +28,7 @@ from .modeldir import ModelFileError
 
 EPOCH_FILE = "epoch-{:03d}.npz"  # 1-based epoch number
 _EPOCH_NAME = r"epoch-(\d{3,})\.npz"
-_PATHS = "paths"  # the array of variable paths; the weights are stored under their paths
+_NAMES = "names"  # the variables' names (kernel, bias, ...), in order, to check a file against a model
 ADVICE = "delete it to train without averaging it, or train again"
 
 
@@ -55,37 +55,38 @@ def remove_temporaries(directory: Path) -> None:
 
 
 def save_weights(model: keras.Model, path: Path) -> None:
-    """The model's trainable weights, each stored under its variable's path (the order of
-    variables may differ between processes), written atomically."""
+    """The model's trainable weights in `model.trainable_variables`' order (the order of
+    the layers as the model's code builds them, the same after loading, where the
+    variables' paths are not) with their names, written atomically."""
     variables = model.trainable_variables
     arrays = {f"w{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
     with atomic_path(path) as temporary, temporary.open("wb") as f:
-        np.savez(f, **{_PATHS: np.array([v.path for v in variables])}, **arrays)
+        np.savez(f, **{_NAMES: np.array([v.name for v in variables])}, **arrays)
 
 
 def load_weights(model: keras.Model, path: Path) -> list[np.ndarray]:
-    """The arrays `save_weights` wrote, one per `model.trainable_variables`, in that order
-    (each of its variable's shape). ModelFileError naming the file if they do not fit."""
+    """The arrays `save_weights` wrote, one per `model.trainable_variables`, in that order,
+    checked against their names, shapes and kinds: ModelFileError naming the file if they
+    do not fit."""
 
     def refuse(reason: str) -> ModelFileError:
         return ModelFileError(f"{path}: {reason}; {ADVICE}")
 
     try:
         with np.load(path, allow_pickle=False) as stored:
-            paths = [str(p) for p in stored[_PATHS]]
-            by_path = {name: stored[f"w{i}"] for i, name in enumerate(paths)}
+            names = [str(name) for name in stored[_NAMES]]
+            arrays = [stored[f"w{i}"] for i in range(len(names))]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise refuse(f"not an epoch-weights file ({error})") from error
-    arrays = []
-    for variable in model.trainable_variables:
-        array = by_path.get(variable.path)
-        if array is None:
-            raise refuse(f"has no weights for {variable.path}")
-        if tuple(array.shape) != tuple(variable.shape) or array.dtype.kind != "f":
-            raise refuse(f"{variable.path} is {array.dtype} {tuple(array.shape)}, the model's {tuple(variable.shape)}")
-        arrays.append(array)
-    if len(by_path) != len(arrays):
-        raise refuse(f"holds {len(by_path)} arrays, the model has {len(arrays)} trainable variables")
+    variables = model.trainable_variables
+    if len(arrays) != len(variables):
+        raise refuse(f"holds {len(arrays)} arrays, the model has {len(variables)} trainable variables")
+    for i, (name, array, variable) in enumerate(zip(names, arrays, variables, strict=True)):
+        if name != variable.name or tuple(array.shape) != tuple(variable.shape) or array.dtype.kind != "f":
+            raise refuse(
+                f"array {i} is {name} {array.dtype} {tuple(array.shape)}, "
+                f"the model's {variable.path} {tuple(variable.shape)}"
+            )
     return arrays
 
 
