@@ -144,7 +144,11 @@ class Config:
     )
     clip_norm: float = field(default=5.0, metadata={"help": "clip the gradients' global norm to this (0: no clipping)"})
     patience: int | None = field(
-        default=3, metadata={"help": "stop after this many epochs without improvement of --stop-metric on dev"}
+        default=3,
+        metadata={
+            "help": "stop after this many epochs without improvement of --stop-metric on dev "
+            "(not with a linear --lr-decay, which runs to its end)"
+        },
     )
     stop_metric: StopMetric = field(
         default="bleu", metadata={"help": "dev metric deciding the best epoch (kept in model.keras) and early stopping"}
