@@ -118,3 +118,16 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
 
     assert main(["train", "--resume", "--model-dir", str(tmp_path)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_a_callback_the_run_no_longer_has_resumes(tmp_path):
+    """Earlier versions kept early stopping under a linear schedule, and saved its state:
+    resuming such a run with today's callbacks (none for it) restores the others."""
+    from seq2seq.callbacks import TrainingCheckpoint
+
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), save_best_only=True)
+    saved = {"early_stopping": {"wait": 2, "best": 47.5, "best_epoch": 9}, "best_model": {"best": 48.2}}
+    checkpoint = TrainingCheckpoint(tmp_path, {"best_model": best}, restore={"callbacks": saved, "random_states": []})
+    checkpoint.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    checkpoint.on_train_begin()
+    assert best.best == 48.2

@@ -223,6 +223,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         if not self.restore:
             return
         for name, values in self.restore.get("callbacks", {}).items():
+            if name not in self.callbacks:  # early stopping under a linear schedule, saved by an earlier version
+                continue
             for attribute, value in values.items():
                 setattr(self.callbacks[name], attribute, _from_json_number(value))
         for variable, value in zip(_random_states(self.model), self.restore.get("random_states", []), strict=True):
