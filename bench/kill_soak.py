@@ -225,10 +225,11 @@ def differences(expected: Path, actual: Path) -> str:
     actual_files = sorted(p.name for p in (actual / "checkpoint").glob("epoch-*.npz"))
     if actual_files != epoch_files:
         problems.append(f"checkpoint/ holds the epoch weights {actual_files}, expected {epoch_files}")
-    for name in epoch_files if actual_files == epoch_files else []:
-        with np.load(expected / "checkpoint" / name) as a, np.load(actual / "checkpoint" / name) as b:
-            if a.files != b.files or any(not np.array_equal(a[key], b[key]) for key in a.files):
-                problems.append(f"checkpoint/{name} differs")
+    else:
+        for name in epoch_files:
+            with np.load(expected / "checkpoint" / name) as a, np.load(actual / "checkpoint" / name) as b:
+                if a.files != b.files or any(not np.array_equal(a[key], b[key]) for key in a.files):
+                    problems.append(f"checkpoint/{name} differs")
     history, expected_history = _history(actual), _history(expected)
     if history != expected_history:
         problems.append(f"history.csv differs ({len(history)} rows, expected {len(expected_history)})")

@@ -27,7 +27,7 @@ from .files import MODEL_FILE, atomic_path, remove_temporaries_matching, save_mo
 from .modeldir import ModelFileError
 
 EPOCH_FILE = "epoch-{:03d}.npz"  # 1-based epoch number
-_EPOCH_NAME = r"epoch-(\d{3,})\.npz"
+_EPOCH_NAME = r"epoch-(\d{3,})\.npz"  # EPOCH_FILE's names, the epoch number as a group
 _NAMES = "names"  # the variables' names (kernel, bias, ...), in order, to check a file against a model
 ADVICE = "delete it to train without averaging it, or train again"
 
@@ -51,7 +51,7 @@ def saved_epochs(directory: Path) -> dict[int, Path]:
 
 def remove_temporaries(directory: Path) -> None:
     """The epoch files' temporaries a kill in mid-write left in `directory`."""
-    remove_temporaries_matching(directory, r"epoch-\d{3,}\.npz", ".npz")
+    remove_temporaries_matching(directory, _EPOCH_NAME, ".npz")
 
 
 def save_weights(model: keras.Model, path: Path) -> None:
