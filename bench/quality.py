@@ -54,6 +54,8 @@ CONFIGURATIONS: dict[str, tuple[str, float]] = {
     "subword-attention-30min-lr3e-3": ("--learning-rate 0.003", 30),  # issue 20: a faster first epoch
     "subword-attention-30min-linear": ("--lr-decay linear", 30),  # issue 20: a schedule made for the budget
     "subword-attention-average5": ("--average-epochs 5", 60),  # issue 20: the mean of the last epochs' weights
+    # issue 20: a higher rate, warmed up (docs/performance.md)
+    "subword-attention-warmup100-lr3e-3": ("--learning-rate 0.003 --warmup-steps 100", 60),
 }
 DIRECTIONS = {"eng-spa": "", "spa-eng": "--reverse"}
 BEAM = 5

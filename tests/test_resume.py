@@ -16,6 +16,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 
 from seq2seq import averaging
 
@@ -60,8 +61,14 @@ def _weights(model_dir):
     return model.get_weights(), int(np.asarray(model.optimizer.iterations)), optimizer
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
-    train_script = TRAIN.format(settings=ROW_SPARSE_SETTINGS)
+# The same with the learning rate warmed up over 40 steps, past the kill (about 11 steps an
+# epoch): the resumed run goes on with the warm-up where the killed one left it.
+WARM_UP_SETTINGS = f"{ROW_SPARSE_SETTINGS}, warmup_steps=40"
+
+
+@pytest.mark.parametrize("settings", [ROW_SPARSE_SETTINGS, WARM_UP_SETTINGS], ids=["row-sparse", "warm-up"])
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, settings):
+    train_script = TRAIN.format(settings=settings)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert _run("-c", train_script, str(whole), "0").returncode == 0
 

@@ -107,9 +107,10 @@ def test_compiles_the_configured_optimizer():
 
     from seq2seq.config import OPTIMIZERS
     from seq2seq.model import build_model
-    from seq2seq.training import OPTIMIZER_CLASSES, compile_model
+    from seq2seq.optimizers import OPTIMIZER_CLASSES, WARM_UP_CLASSES
+    from seq2seq.training import compile_model
 
-    assert set(OPTIMIZER_CLASSES) == set(OPTIMIZERS)
+    assert set(OPTIMIZER_CLASSES) == set(OPTIMIZERS) == set(WARM_UP_CLASSES)
     textbook, default = Config.textbook(latent_dim=8), Config(latent_dim=8)
     for config, kind, clip in ((textbook, keras.optimizers.RMSprop, None), (default, keras.optimizers.Adam, 5.0)):
         model = build_model(config, 10, 12)

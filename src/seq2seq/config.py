@@ -23,7 +23,7 @@ SubwordModel = Literal["unigram", "bpe"]
 StopMetric = Literal["bleu", "chrf", "loss"]
 LrDecay = Literal["auto", "none", "linear"]
 Optimizer = Literal["adam", "rmsprop"]
-OPTIMIZERS = typing.get_args(Optimizer)  # training.OPTIMIZER_CLASSES has one class for each
+OPTIMIZERS = typing.get_args(Optimizer)  # optimizers.OPTIMIZER_CLASSES has one class for each
 
 
 # The textbook's model and settings (`seq2seq train --textbook`): characters as one-hot
@@ -48,6 +48,7 @@ TEXTBOOK = dict(
     patience=None,
     lr_patience=None,
     lr_decay="none",
+    warmup_steps=0,
 )
 
 
@@ -139,6 +140,9 @@ class Config:
     batch_size: int = field(default=64, metadata={"help": "pairs per training step"})
     optimizer: Optimizer = field(default="adam", metadata={"help": "adam, or rmsprop (the textbook's)"})
     learning_rate: float = field(default=2e-3, metadata={"help": "the optimizer's learning rate"})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "raise the learning rate linearly over the first N training steps (0: none)"}
+    )
     label_smoothing: float = field(
         default=0.1, metadata={"help": "spread this share of each target's probability over the vocabulary"}
     )
@@ -215,6 +219,8 @@ class Config:
             "average_epochs",
         ):
             _positive(name, getattr(self, name))
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: must be a non-negative integer, got {self.warmup_steps}")
         for name in ("num_samples", "patience", "lr_patience", "max_length"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

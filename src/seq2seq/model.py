@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers, ops
 
-from . import backend, row_sparse
+from . import backend, optimizers, row_sparse  # noqa: F401 (optimizers: registers the classes saved models name)
 from .attention import AttentionDecoder, attention_keys
 from .config import Config
 from .files import DECODER_INPUT_IDS, SOURCE_IDS

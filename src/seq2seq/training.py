@@ -34,6 +34,7 @@ from .evaluation import score
 from .files import CHECKPOINT_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_DIR, atomic_path
 from .losses import MaskedAccuracy, MaskedCrossEntropy
 from .model import build_model
+from .optimizers import make_optimizer
 from .vocab import Codec, SubwordTokenizer, Tokenizer, make_tokenizer
 
 
@@ -117,13 +118,9 @@ def monitored(config: Config) -> tuple[str, str]:
     return f"dev_{config.stop_metric}", "max"
 
 
-OPTIMIZER_CLASSES = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}  # config.OPTIMIZERS
-
-
 def compile_model(model: keras.Model, config: Config) -> None:
-    optimizer = OPTIMIZER_CLASSES[config.optimizer](config.learning_rate, global_clipnorm=config.clip_norm or None)
     model.compile(
-        optimizer=optimizer,
+        optimizer=make_optimizer(config),
         loss=MaskedCrossEntropy(label_smoothing=config.label_smoothing),
         metrics=[MaskedAccuracy()],
     )
