@@ -1,10 +1,11 @@
 """The optimizer training uses: Keras's Adam or RMSprop, with the learning rate warmed up
 linearly over the first steps (`--warmup-steps`).
 
-Adam's first updates are the largest of a run (its second-moment estimate starts from
-few gradients), and a fresh attention model can settle on a plateau early on where it
-predicts common tokens without reading the source (docs/performance.md). Starting
-from a small learning rate and raising it step by step is the usual remedy.
+Adam's first updates move every weight by about the whole learning rate (its moment
+estimates rest on a few gradients), and with some seeds a fresh attention model stays on
+a plateau for its first thousand steps. Starting from a small rate and raising it step
+by step is the usual remedy; what it measured here is in docs/performance.md ("A
+warm-up for the first plateau").
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class WarmUpAdam(WarmUp, keras.optimizers.Adam):
 
 @keras.saving.register_keras_serializable(package="seq2seq")
 class WarmUpRMSprop(WarmUp, keras.optimizers.RMSprop):
-    """RMSprop with a linear warm-up of the learning rate (WarmUp)."""
+    """RMSprop with a linear warm-up of the learning rate (WarmUp). Its steps are dense:
+    row_sparse.py's row-by-row updates are plain RMSprop's."""
 
 
 OPTIMIZER_CLASSES = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}  # config.OPTIMIZERS
